@@ -1,0 +1,208 @@
+"""Rollout engine: exact replay, the inputs the model received, forced-hard rules, modes, determinism."""
+
+import math
+
+import pytest
+import torch
+
+from tarpo.marker import MarkerMatcher
+from tarpo.rollout import RolloutSettings, replay, rollout
+from tiny_models import VOCAB, mixed_prompts, random_policy, token_texts
+
+EOS = (1, 2, 3)
+
+
+def settings(**kw):
+    base = dict(max_new_tokens=40, eos_token_ids=EOS, pad_token_id=0,
+                marker=MarkerMatcher.from_token_texts("####", token_texts()), temperature=1.0, soft_top_k=5)
+    base.update(kw)
+    return RolloutSettings(**base)
+
+
+def run(policy, s, seed=0, batch=6):
+    ids, mask = mixed_prompts(batch)
+    return rollout(policy, ids, mask, settings=s, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("architecture", ["qwen2", "llama"])
+@pytest.mark.parametrize("filters", [dict(), dict(top_k=20, top_p=0.9, temperature=0.7)])
+def test_replay_reproduces_rollout_logprobs(architecture, filters):
+    policy = random_policy(architecture, init_bias=(0.0, 0.0))
+    s = settings(**filters)
+    r = run(policy, s, seed=3)
+    lengths = r.completion_mask.sum(1)
+    assert len(set(lengths.tolist())) > 1, "need mixed stop steps"
+    assert "eos" in r.stop_reason
+    soft_ratio = r.soft_mask[r.completion_mask].float().mean().item()
+    assert soft_ratio >= 0.3
+    out = replay(policy, r, settings=s)
+    mask, decided = r.completion_mask, r.decision_mask
+    assert (out.token_logp - r.token_logp)[mask].abs().max().item() <= 1e-4
+    assert (out.router_logp - r.router_logp)[decided].abs().max().item() <= 1e-4
+    assert out.token_logp.requires_grad and out.router_logp.requires_grad
+
+
+def test_replay_gradients_reach_router_and_backbone():
+    policy = random_policy()
+    s = settings()
+    r = run(policy, s)
+    out = replay(policy, r, settings=s)
+    (out.token_logp[r.completion_mask].sum() + out.router_logp[r.decision_mask].sum()).backward()
+    assert policy.router.linear.weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.backbone.parameters())
+
+
+def capture_decoder_inputs(policy):
+    calls = []
+
+    def hook(module, args, kwargs):
+        calls.append(kwargs["inputs_embeds"].detach().clone())
+
+    handle = policy.causal_lm.get_decoder().register_forward_pre_hook(hook, with_kwargs=True)
+    return calls, handle
+
+
+def test_model_receives_exact_hard_and_soft_embeddings():
+    policy = random_policy(init_bias=(0.0, 0.0))
+    calls, handle = capture_decoder_inputs(policy)
+    r = run(policy, settings())
+    handle.remove()
+    table = policy.embedding_weight.detach().double()
+    checked_soft = checked_hard = 0
+    for t in range(r.completion_ids.shape[1] - 1):
+        received = calls[t + 1][:, 0].double()  # call 0 is the prompt prefill; call t+1 feeds e_t
+        for b in range(r.num_rows):
+            if not r.completion_mask[b, t]:
+                continue
+            if r.soft_mask[b, t]:
+                w = r.topk_weights[b, t].double()
+                assert abs(w.sum().item() - 1.0) < 1e-6
+                expected = (w[:, None] * table[r.topk_ids[b, t]]).sum(0)
+                checked_soft += 1
+            else:
+                expected = table[r.completion_ids[b, t]]
+                assert torch.equal(received[b].float(), policy.embedding_weight[r.completion_ids[b, t]].detach())
+                checked_hard += 1
+            assert torch.allclose(received[b], expected, atol=1e-6)
+    assert checked_soft > 20 and checked_hard > 20
+
+
+def test_soft_weights_are_the_renormalised_topk_of_q():
+    policy = random_policy(init_bias=(0.0, 0.0))
+    s = settings(temperature=0.8)
+    r = run(policy, s)
+    out_logits = []
+    handle = policy.causal_lm.get_output_embeddings().register_forward_hook(lambda m, a, o: out_logits.append(o))
+    replay(policy, r, settings=s)
+    handle.remove()
+    logits = out_logits[0].detach().double()  # (B, T, V)
+    q = torch.softmax(logits / 0.8, -1)
+    b, t = r.soft_mask.nonzero()[0].tolist()
+    top = torch.topk(q[b, t], 5)
+    assert r.topk_ids[b, t].tolist() == top.indices.tolist()
+    assert torch.allclose(r.topk_weights[b, t].double(), top.values / top.values.sum(), atol=1e-5)
+
+
+def test_hard_mode_greedy_equals_generate():
+    for architecture in ("qwen2", "llama"):
+        policy = random_policy(architecture)
+        ids, mask = mixed_prompts(5)
+        s = settings(router_mode="hard", greedy_tokens=True, max_new_tokens=25)
+        r = rollout(policy, ids, mask, settings=s)
+        reference = policy.causal_lm.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                                              max_new_tokens=25, eos_token_id=list(EOS), pad_token_id=0)
+        generated = reference[:, ids.shape[1]:]
+        assert torch.equal(r.completion_ids[:, : generated.shape[1]], generated)
+        assert not r.soft_mask.any() and not r.decision_mask.any()
+
+
+def marker_seen_through(texts, ids, t):
+    return "####" in "".join(texts[i] for i in ids[: t + 1])
+
+
+def test_forced_hard_rules_hold_in_every_row():
+    texts = token_texts()
+    policy = random_policy(init_bias=(-1.0, 0.0))  # p_soft ~ 0.73: limits bind often
+    # make marker pieces likely so the marker rule is exercised
+    with torch.no_grad():
+        policy.causal_lm.get_output_embeddings().weight[5:9] *= 6.0
+    s = settings(max_new_tokens=60, max_latent_steps=12, max_consecutive_latent_steps=3)
+    r = run(policy, s, seed=1, batch=8)
+    saw_marker = saw_total_limit = saw_run_limit = 0
+    for b in range(r.num_rows):
+        ids = r.completion_ids[b].tolist()
+        used = run_len = 0
+        for t in range(len(ids)):
+            alive = bool(r.completion_mask[b, t])
+            ended = alive and ids[t] in EOS
+            marker = marker_seen_through(texts, ids, t)
+            expected_open = alive and not ended and not marker and used < 12 and run_len < 3
+            assert bool(r.decision_mask[b, t]) == expected_open, (b, t)
+            if not expected_open:
+                assert not r.soft_mask[b, t] and r.router_logp[b, t] == 0
+            saw_marker += alive and not ended and marker
+            saw_total_limit += alive and not marker and used >= 12
+            saw_run_limit += alive and not marker and run_len >= 3
+            soft = bool(r.soft_mask[b, t])
+            used += soft
+            run_len = run_len + 1 if soft else 0
+            assert run_len <= 3 and used <= 12
+        assert int(r.soft_counts[b]) == used
+    assert saw_marker and saw_total_limit and saw_run_limit
+
+
+def test_finished_rows_are_padded_and_masked():
+    policy = random_policy()
+    r = run(policy, settings(max_new_tokens=60), seed=2)
+    for b in range(r.num_rows):
+        length = int(r.completion_mask[b].sum())
+        if r.stop_reason[b] == "eos":
+            assert r.completion_ids[b, length - 1].item() in EOS
+            assert (r.completion_ids[b, length:] == 0).all()
+            assert not r.completion_mask[b, length:].any()
+        assert (r.token_logp[b, length:] == 0).all()
+        assert not r.soft_mask[b, length - 1:].any() if r.stop_reason[b] == "eos" else True
+
+
+def test_initial_soft_ratio_matches_bias():
+    bias = 2.2
+    policy = random_policy(init_bias=(bias, 0.0))
+    s = settings(max_new_tokens=100, marker=None, eos_token_ids=(VOCAB + 7,))
+    ids, mask = mixed_prompts(64)
+    r = rollout(policy, ids, mask, settings=s, generator=torch.Generator().manual_seed(0))
+    decided = r.decision_mask
+    n = int(decided.sum())
+    ratio = r.soft_mask[decided].float().mean().item()
+    expected = 1 / (1 + math.exp(bias))
+    assert abs(expected - 0.0998) < 1e-4
+    assert n == 64 * 100
+    assert abs(ratio - expected) < 4 * math.sqrt(expected * (1 - expected) / n)
+
+
+def test_same_seed_same_rollout_and_different_seed_differs():
+    policy = random_policy()
+    a, b, c = run(policy, settings(), seed=5), run(policy, settings(), seed=5), run(policy, settings(), seed=6)
+    for name in ("completion_ids", "soft_mask", "token_logp", "router_logp", "topk_weights"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+    assert not torch.equal(a.completion_ids, c.completion_ids)
+
+
+def test_soft_fixed_mode_has_no_router_logprobs():
+    policy = random_policy()
+    s = settings(router_mode="soft-fixed", soft_probability=0.4, marker=None, eos_token_ids=(VOCAB + 7,))
+    r = run(policy, s, batch=16)
+    assert (r.router_logp == 0).all()
+    ratio = r.soft_mask[r.decision_mask].float().mean().item()
+    assert abs(ratio - 0.4) < 0.06
+
+
+def test_greedy_router_follows_the_larger_logit():
+    s = settings(greedy_router=True)
+    assert not run(random_policy(init_bias=(3.0, 0.0)), s).soft_mask.any()
+    r = run(random_policy(init_bias=(-3.0, 0.0)), s)
+    assert (r.soft_mask == r.decision_mask).all() and r.soft_mask.any()
+
+
+def test_unknown_router_mode_rejected():
+    with pytest.raises(ValueError, match="router mode"):
+        settings(router_mode="sometimes")
