@@ -1,0 +1,162 @@
+"""The TARPO objective: group advantages, clipped token and router policy terms, k3 KL, aggregation.
+
+Pure functions over tensors; the trainer supplies log-probs from `tarpo.rollout.replay`.
+
+For completion i with advantage A_i and per-token quantities at step t:
+  token term   -min(rho_t A_i, clip(rho_t, 1-eps_low, 1+eps_high) A_i) + beta * k3(ref, new)   over completion_mask
+  router term  lambda * [ same clipped form on the router ratio + beta * k3 on the router ]   over decision_mask
+with rho = exp(logp_new - logp_old) and k3(ref, new) = exp(ref - new) - (ref - new) - 1.
+
+Departures from the reference (tarpo-reference.md):
+1. The router term covers sampled decisions only (decision_mask); forced-hard steps add nothing (B5).
+2. `router.loss_weight` (lambda) scales the router KL too, and the router KL is reported (B11).
+3. PPO clipping with epsilon low/high and num_iterations >= 1; with num_iterations = 1 the old log-probs are
+   the detached new ones, which is exactly the reference's on-policy update (ratio 1, gradient of logp).
+4. Aggregation `seq-mean` (reference), `token-mean` (DAPO) or `dr-grpo` (constant normaliser); the
+   normaliser is taken over the whole rollout batch so that micro-batching does not change the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+AGGREGATIONS = ("seq-mean", "token-mean", "dr-grpo")
+ADVANTAGE_SCALINGS = ("group", "batch", "none")
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scaling: str = "group", epsilon: float = 1e-4) -> torch.Tensor:
+    """A_i = (r_i - mean_G r) / (std_G r + eps); rewards (N,) ordered group by group -> (N,).
+
+    scaling: "group" divides by each group's unbiased std, "batch" by the whole batch's std, "none" only centres.
+    All-equal groups get advantage 0.
+    """
+    if scaling not in ADVANTAGE_SCALINGS:
+        raise ValueError(f"advantage scaling must be one of {ADVANTAGE_SCALINGS}, got {scaling!r}")
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    grouped = rewards.float().view(-1, group_size)
+    centred = grouped - grouped.mean(1, keepdim=True)
+    if scaling == "group":
+        centred = centred / (grouped.std(1, unbiased=True, keepdim=True) + epsilon)
+    elif scaling == "batch":
+        centred = centred / (rewards.float().std(unbiased=True) + epsilon)
+    return centred.reshape(-1)
+
+
+def k3(ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi_theta || pi_ref) on samples from pi_theta; >= 0, 0 when equal."""
+    delta = ref_logp - logp
+    return torch.exp(delta) - delta - 1.0
+
+
+def clipped_policy_term(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
+                        eps_low: float, eps_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-step PPO loss -min(rho A, clip(rho) A) and where clipping was active. logp (B, T), advantages (B,)."""
+    ratio = torch.exp(logp - logp_old)
+    adv = advantages.unsqueeze(-1)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
+    return -torch.minimum(unclipped, clipped), (clipped < unclipped).detach()
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """Sizes of the WHOLE rollout batch, so that per-micro-batch losses add up to the batch loss."""
+
+    rows: int
+    tokens: int
+    max_new_tokens: int
+
+
+def aggregate(per_step: torch.Tensor, completion_mask: torch.Tensor, mode: str, norm: Normaliser) -> torch.Tensor:
+    """This micro-batch's share of the batch loss. per_step (B, T) already masked to zero where it must not count.
+
+    seq-mean: mean over rows of (sum over the row / row length); token-mean: sum / all tokens in the batch;
+    dr-grpo: sum / (rows * max_new_tokens).
+    """
+    if mode == "seq-mean":
+        lengths = completion_mask.sum(1).clamp_min(1)
+        return (per_step.sum(1) / lengths).sum() / norm.rows
+    if mode == "token-mean":
+        return per_step.sum() / max(norm.tokens, 1)
+    if mode == "dr-grpo":
+        return per_step.sum() / (norm.rows * norm.max_new_tokens)
+    raise ValueError(f"loss aggregation must be one of {AGGREGATIONS}, got {mode!r}")
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    clip_epsilon_low: float = 0.2
+    clip_epsilon_high: float = 0.2
+    beta: float = 0.005
+    router_weight: float = 0.1  # lambda; 0 turns the router term off (modes hard / soft-fixed)
+    aggregation: str = "seq-mean"
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """Everything the loss reads for one micro-batch; all (B, T) except advantages (B,)."""
+
+    token_logp: torch.Tensor
+    router_logp: torch.Tensor
+    old_token_logp: torch.Tensor
+    old_router_logp: torch.Tensor
+    ref_token_logp: torch.Tensor | None
+    ref_router_logp: torch.Tensor | None
+    advantages: torch.Tensor
+    completion_mask: torch.Tensor
+    decision_mask: torch.Tensor
+
+
+def tarpo_loss(x: LossInputs, settings: LossSettings, norm: Normaliser) -> tuple[torch.Tensor, dict[str, tuple[float, float]]]:
+    """Loss of one micro-batch and its statistics as {name: (sum, count)} (merge with `merge_stats`)."""
+    mask = x.completion_mask.float()
+    decided = (x.decision_mask & x.completion_mask).float()
+    token_pg, token_clipped = clipped_policy_term(x.token_logp, x.old_token_logp, x.advantages,
+                                                  settings.clip_epsilon_low, settings.clip_epsilon_high)
+    per_step = token_pg * mask
+    stats = {"token_clip_fraction": _masked_sum(token_clipped.float(), mask)}
+    if x.ref_token_logp is not None and settings.beta:
+        token_kl = k3(x.ref_token_logp, x.token_logp)
+        per_step = per_step + settings.beta * token_kl * mask
+        stats["kl_token"] = _masked_sum(token_kl.detach(), mask)
+    if settings.router_weight:
+        router_pg, router_clipped = clipped_policy_term(x.router_logp, x.old_router_logp, x.advantages,
+                                                        settings.clip_epsilon_low, settings.clip_epsilon_high)
+        router_step = router_pg
+        stats["router_clip_fraction"] = _masked_sum(router_clipped.float(), decided)
+        if x.ref_router_logp is not None and settings.beta:
+            router_kl = k3(x.ref_router_logp, x.router_logp)
+            router_step = router_step + settings.beta * router_kl
+            stats["kl_router"] = _masked_sum(router_kl.detach(), decided)
+        per_step = per_step + settings.router_weight * router_step * decided
+    loss = aggregate(per_step, x.completion_mask, settings.aggregation, norm)
+    return loss, stats
+
+
+def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    return float((values * mask).sum()), float(mask.sum())
+
+
+def merge_stats(parts: list[dict[str, tuple[float, float]]]) -> dict[str, float]:
+    """Combine per-micro-batch (sum, count) statistics into means."""
+    totals: dict[str, list[float]] = {}
+    for part in parts:
+        for name, (total, count) in part.items():
+            acc = totals.setdefault(name, [0.0, 0.0])
+            acc[0] += total
+            acc[1] += count
+    return {name: (s / c if c else 0.0) for name, (s, c) in totals.items()}
+
+
+def advantage_stats(advantages: torch.Tensor, rewards: torch.Tensor, group_size: int) -> dict[str, float]:
+    """Reward and advantage summary for logging, including the share of groups with no signal."""
+    grouped = rewards.float().view(-1, group_size)
+    return {
+        "reward_mean": float(rewards.float().mean()), "reward_std": float(rewards.float().std()) if rewards.numel() > 1 else 0.0,
+        "advantage_mean": float(advantages.mean()), "advantage_std": float(advantages.std()) if advantages.numel() > 1 else 0.0,
+        "advantage_min": float(advantages.min()), "advantage_max": float(advantages.max()),
+        "zero_std_groups": float((grouped.std(1) == 0).float().mean()),
+    }
