@@ -19,7 +19,7 @@ import json
 import random
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -163,6 +163,11 @@ def _iter_table(path: Path, rows: _Rows) -> Iterator[tuple[str, dict]]:
     return _iter_jsonl(path, rows)
 
 
+def _row_id(source: str, path: Path, where: str) -> str:
+    """Default id "<source>-<file stem>-<line>": unique across the train and eval files."""
+    return f"{source}-{path.stem}-{where.rsplit(':', 1)[1]}"
+
+
 def _field(row: Mapping, name: str, where: str, rows: _Rows) -> str | None:
     """The non-empty text of row[name]; reports a missing or empty field and returns None."""
     if name not in row or row[name] is None:
@@ -188,7 +193,7 @@ def read_gsm8k(path: str | Path, *, malformed: str = "skip", report: ReadReport 
         if DEFAULT_MARKER not in answer or not gold_from_answer(answer):
             rows.bad(where, f"answer has no '{DEFAULT_MARKER} N' final line")
             continue
-        out.append(Record(id=f"{source}-{Path(path).stem}-{where.rsplit(':', 1)[1]}", prompt=question,
+        out.append(Record(id=_row_id(source, Path(path), where), prompt=question,
                           answer=gold_from_answer(answer), source=source,
                           solution=clean_gsm8k_solution(answer)))
     return out
@@ -219,7 +224,7 @@ def read_math(path: str | Path, *, malformed: str = "skip", report: ReadReport |
     if not path.is_dir():
         return [r for where, row in _iter_table(path, rows)
                 if (r := _math_record(row, where, rows, source,
-                                      str(row.get("unique_id") or f"{source}-{path.stem}-{where.rsplit(':', 1)[1]}")))]
+                                      str(row.get("unique_id") or _row_id(source, path, where))))]
     files = sorted(path.glob("*/*.json")) or sorted(path.glob("*.json"))
     if not files:
         raise DataError(f"{path}: no MATH files (expected {path}/<subject>/<n>.json)")
@@ -257,7 +262,7 @@ def read_table(path: str | Path, *, fields: Mapping[str, str | None] | None = No
             rows.bad(where, f"empty answer in field {fields['answer']!r}")
             continue
         rid = row.get(fields["id"]) if fields["id"] else None
-        out.append(Record(id=str(rid) if rid not in (None, "") else f"{source}-{path.stem}-{where.rsplit(':', 1)[1]}",
+        out.append(Record(id=str(rid) if rid not in (None, "") else _row_id(source, path, where),
                           prompt=prompt, answer=gold, source=source,
                           solution=clean_gsm8k_solution(answer) if DEFAULT_MARKER in answer else ""))
     return out
@@ -310,3 +315,232 @@ def read_reasoning_gym(dataset: str, *, size: int, seed: int) -> list[Record]:
     return [Record(id=f"{dataset}-{seed}-{i}", prompt=str(e["question"]).strip(),
                    answer=gold_text(e["answer"]), source=dataset)
             for i, e in enumerate(entries)]
+
+
+# ---------------------------------------------------------------- synthetic task
+
+_PEOPLE = (("Tom", "he"), ("Ann", "she"), ("Sam", "he"), ("Mia", "she"), ("Ben", "he"), ("Eva", "she"))
+_ITEMS = ("apples", "pens", "books", "coins", "cards", "eggs", "balls", "cups")
+# One fixed phrase per operation keeps the vocabulary tiny and the mapping text -> operation exact.
+_PHRASES = {"+": "buys {x} more", "-": "gives away {x}", "*": "gets {x} times as many"}
+_MAX_FACTOR = 3  # "times as many" stays small so answers do not explode with the op count
+
+
+def _next_step(rng: random.Random, value: int, max_operand: int) -> tuple[str, int]:
+    """One (operation, operand) that keeps the running total a non-negative integer."""
+    choices = ["+"] + (["-"] if value > 0 else []) + (["*"] if 0 < value <= max_operand else [])
+    op = rng.choice(choices)
+    if op == "+":
+        return op, rng.randint(1, max_operand)
+    if op == "-":
+        return op, rng.randint(1, min(value, max_operand))
+    return op, rng.randint(2, _MAX_FACTOR)
+
+
+def _apply(op: str, value: int, x: int) -> int:
+    return {"+": value + x, "-": value - x, "*": value * x}[op]
+
+
+def synthetic_problem(rng: random.Random, min_ops: int, max_ops: int, max_operand: int
+                      ) -> tuple[str, str, str]:
+    """(question, worked solution ending in "#### N", gold N) for one random problem."""
+    name, pronoun = rng.choice(_PEOPLE)
+    item = rng.choice(_ITEMS)
+    value = rng.randint(1, max_operand)
+    sentences, steps = [f"{name} has {value} {item}."], []
+    for i in range(rng.randint(min_ops, max_ops)):
+        op, x = _next_step(rng, value, max_operand)
+        phrase = _PHRASES[op].format(x=x)
+        sentences.append(f"{pronoun.capitalize()} {phrase}." if i == 0 else f"Then {pronoun} {phrase}.")
+        new_value = _apply(op, value, x)
+        steps.append(f"{value} {op} {x} = {new_value}.")
+        value = new_value
+    sentences.append(f"How many {item} does {pronoun} have now?")
+    return " ".join(sentences), f"{' '.join(steps)} {DEFAULT_MARKER} {value}", str(value)
+
+
+def synthetic_problems(n: int, seed: int, min_ops: int = 1, max_ops: int = 3, max_operand: int = 20,
+                       *, level: int = 1, exclude: Iterable[str] = (),
+                       source: str = "synthetic") -> list[Record]:
+    """n distinct seeded arithmetic word problems (deterministic per seed; needs no network).
+
+    Difficulty `level` L >= 1 builds on the base knobs: L - 1 more operations per problem and
+    operands up to L * max_operand (level 1 = the knobs as given). Prompts whose normalised text
+    is in `exclude` (e.g. the eval set) are never produced.
+    """
+    if level < 1 or not (1 <= min_ops <= max_ops) or max_operand < 1 or n < 0:
+        raise DataError(f"synthetic needs level >= 1, 1 <= min_ops <= max_ops, max_operand >= 1, "
+                        f"n >= 0; got level={level}, min_ops={min_ops}, max_ops={max_ops}, "
+                        f"max_operand={max_operand}, n={n}")
+    min_ops, max_ops, max_operand = min_ops + level - 1, max_ops + level - 1, max_operand * level
+    rng, seen, out = random.Random(seed), {normalize_prompt(p) for p in exclude}, []
+    misses = 0  # consecutive repeats: many in a row means the problem space is exhausted
+    while len(out) < n and misses < 2000:
+        question, solution, gold = synthetic_problem(rng, min_ops, max_ops, max_operand)
+        key = normalize_prompt(question)
+        misses += 1
+        if key not in seen:
+            seen.add(key)
+            misses = 0
+            out.append(Record(id=f"{source}-{seed}-{len(out)}", prompt=question, answer=gold,
+                              source=source, solution=solution))
+    if len(out) < n:
+        raise DataError(f"synthetic: only {len(out)} distinct problems of {n} requested with "
+                        f"max_ops={max_ops}, max_operand={max_operand}; raise them or ask for fewer")
+    return out
+
+
+# ---------------------------------------------------------------- split hygiene
+
+def normalize_prompt(text: str) -> str:
+    """Key for duplicate/overlap checks: unicode-folded, case-folded, whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def dedupe(records: Iterable[Record]) -> tuple[list[Record], int]:
+    """First occurrence of each normalised prompt, and how many later copies were dropped."""
+    seen, kept, dropped = set(), [], 0
+    for record in records:
+        key = normalize_prompt(record.prompt)
+        if key in seen:
+            dropped += 1
+        else:
+            seen.add(key)
+            kept.append(record)
+    return kept, dropped
+
+
+def drop_overlap(train: Iterable[Record], eval_records: Iterable[Record]) -> tuple[list[Record], int]:
+    """Train without any prompt that is also in eval (eval is the set we must not train on)."""
+    eval_keys = {normalize_prompt(r.prompt) for r in eval_records}
+    train = list(train)
+    kept = [r for r in train if normalize_prompt(r.prompt) not in eval_keys]
+    return kept, len(train) - len(kept)
+
+
+def sample_records(records: list[Record], size: int | None, seed: int) -> list[Record]:
+    """A seeded subset of `size` records in their original order (all when size is None or larger)."""
+    if size is None or size >= len(records):
+        return list(records)
+    keep = sorted(random.Random(seed).sample(range(len(records)), size))
+    return [records[i] for i in keep]
+
+
+# ---------------------------------------------------------------- prompts
+
+def build_prompt(tokenizer, question: str, system_prompt: str | None = None, *,
+                 marker: str = DEFAULT_MARKER) -> str:
+    """Chat-templated prompt text (generation prompt added) for one question.
+
+    system_prompt None -> default_system_prompt(marker); "" -> no system message. A tokenizer
+    without a chat template gets a plain "System/User/Assistant" layout.
+    """
+    system_prompt = default_system_prompt(marker) if system_prompt is None else system_prompt
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": question.strip()})
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
+
+
+# ---------------------------------------------------------------- train/eval splits
+
+SYNTHETIC_DEFAULT_SIZES = (1000, 200)  # (train, eval) when the config leaves sizes unset
+HOLDOUT_FRACTION = 0.1  # eval share held out of the train file when no eval file is given
+
+
+@dataclass
+class Splits:
+    """Disjoint, de-duplicated train and eval records plus the counts the prepare stage reports."""
+
+    train: list[Record]
+    eval: list[Record]
+    stats: dict[str, int]
+    problems: list[str]
+
+
+def _read_file(source: str, path: str | Path, fields, malformed: str, report: ReadReport) -> list[Record]:
+    if source == "gsm8k":
+        return read_gsm8k(path, malformed=malformed, report=report)
+    if source == "math":
+        return read_math(path, malformed=malformed, report=report)
+    return read_table(path, fields=fields, malformed=malformed, report=report)
+
+
+def _read_raw(source: str, *, train_path, eval_path, fields, hub: Mapping, train_size, eval_size,
+              malformed: str, seed: int, synthetic: Mapping, reasoning_gym_dataset,
+              train_report: ReadReport, eval_report: ReadReport) -> tuple[list[Record], list[Record]]:
+    """Raw (train, eval) records for one source, before de-duplication and the overlap check."""
+    if source == "synthetic":
+        n_train, n_eval = (train_size or SYNTHETIC_DEFAULT_SIZES[0], eval_size or SYNTHETIC_DEFAULT_SIZES[1])
+        knobs = {k: v for k, v in synthetic.items() if v is not None}
+        eval_records = synthetic_problems(n_eval, seed, **knobs)
+        train = synthetic_problems(n_train, seed + 1, exclude=[r.prompt for r in eval_records], **knobs)
+        return train, eval_records
+    if source == "reasoning-gym":
+        if not reasoning_gym_dataset:
+            raise DataError("data.reasoning_gym.dataset: required for data.source 'reasoning-gym'")
+        n_train, n_eval = (train_size or SYNTHETIC_DEFAULT_SIZES[0], eval_size or SYNTHETIC_DEFAULT_SIZES[1])
+        return (read_reasoning_gym(reasoning_gym_dataset, size=n_train, seed=seed + 1),
+                read_reasoning_gym(reasoning_gym_dataset, size=n_eval, seed=seed))
+    if source == "hub":
+        if not hub.get("name"):
+            raise DataError("data.hub_name: required for data.source 'hub'")
+        read = lambda split, rep: read_hub(hub["name"], split=split, config=hub.get("config"),  # noqa: E731
+                                           fields=fields, malformed=malformed, report=rep)
+        return (read(hub.get("train_split") or "train", train_report),
+                read(hub.get("eval_split") or "test", eval_report))
+    if source not in SOURCES:
+        raise DataError(f"data.source: unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    if not train_path:
+        raise DataError(f"data.train_path: required for data.source {source!r}")
+    train = _read_file(source, train_path, fields, malformed, train_report)
+    if eval_path:
+        return train, _read_file(source, eval_path, fields, malformed, eval_report)
+    n_eval = eval_size or max(1, int(len(train) * HOLDOUT_FRACTION))
+    held = set(random.Random(seed).sample(range(len(train)), min(n_eval, len(train))))
+    return ([r for i, r in enumerate(train) if i not in held],
+            [r for i, r in enumerate(train) if i in held])
+
+
+def load_splits(*, source: str, train_path: str | None = None, eval_path: str | None = None,
+                fields: Mapping[str, str | None] | None = None, hub: Mapping | None = None,
+                train_size: int | None = None, eval_size: int | None = None, malformed: str = "skip",
+                seed: int = 0, synthetic: Mapping | None = None,
+                reasoning_gym_dataset: str | None = None) -> Splits:
+    """Read train/eval for a source, drop duplicates and train/eval overlap, then subsample (seeded).
+
+    With no eval file, eval is held out of the train file (eval_size, or 10 %).
+    """
+    train_report, eval_report = ReadReport(), ReadReport()
+    train, eval_records = _read_raw(
+        source, train_path=train_path, eval_path=eval_path, fields=fields, hub=hub or {},
+        train_size=train_size, eval_size=eval_size, malformed=malformed, seed=seed,
+        synthetic=synthetic or {}, reasoning_gym_dataset=reasoning_gym_dataset,
+        train_report=train_report, eval_report=eval_report)
+    eval_records, eval_dups = dedupe(eval_records)
+    train, train_dups = dedupe(train)
+    train, overlap = drop_overlap(train, eval_records)
+    train = sample_records(train, train_size, seed)
+    eval_records = sample_records(eval_records, eval_size, seed + 1)
+    stats = {
+        "train_rows_read": train_report.rows_read, "eval_rows_read": eval_report.rows_read,
+        "train_skipped_rows": train_report.skipped, "eval_skipped_rows": eval_report.skipped,
+        "skipped_rows": train_report.skipped + eval_report.skipped,
+        "train_duplicates_dropped": train_dups, "eval_duplicates_dropped": eval_dups,
+        "duplicates_dropped": train_dups + eval_dups, "overlap_dropped": overlap,
+        "train_count": len(train), "eval_count": len(eval_records),
+    }
+    return Splits(train=train, eval=eval_records, stats=stats,
+                  problems=train_report.problems + eval_report.problems)
+
+
+def read_prepared(path: str | Path) -> list[Record]:
+    """Records written by the prepare stage; any bad line is fatal (prepare wrote it)."""
+    records, rows = [], _Rows("fail", None)
+    for where, row in _iter_jsonl(Path(path), rows):
+        missing = [k for k in ("id", "prompt", "answer", "source") if k not in row]
+        if missing:
+            raise DataError(f"{where}: missing field {missing[0]!r}; re-run the prepare stage")
+        records.append(Record.from_dict(row))
+    return records

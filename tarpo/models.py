@@ -392,9 +392,11 @@ def available_presets(models_dir: str | Path = "models", *, hf_cache_dir: str | 
                 where += f"/{search.found.gguf_file}"
             rows.append(PresetStatus(spec.name, spec.hub_id, spec.architecture, True, where))
         elif search.offline is not None:
+            joined = Path(models_dir) / GGUF_CACHE_SUBDIR / search.offline.gguf_name
+            state = "joined" if joined.with_name(joined.name + ".sha256").is_file() else \
+                f"{len(search.parts)} parts, joined on first use into"
             rows.append(PresetStatus(spec.name, spec.hub_id, spec.architecture, True,
-                                     f"offline-package: {len(search.parts)} parts, joined on first use into "
-                                     f"{Path(models_dir) / GGUF_CACHE_SUBDIR / search.offline.gguf_name}"))
+                                     f"offline-package: {state} {joined}"))
         elif spec.name == "tiny":
             rows.append(PresetStatus(spec.name, spec.hub_id, spec.architecture, True,
                                      f"built: on first use into {Path(models_dir) / 'tiny'}"))

@@ -67,6 +67,17 @@ class HybridPolicy(nn.Module):
         router = self.reference_router if self._use_reference else self.router
         return router(hidden)
 
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                first_scored: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training forward: token and router logits for positions first_scored.. (B, T, V), (B, T, 2).
+
+        Heads run inside `forward` so that a DDP/FSDP wrapper around the policy sees every trainable
+        parameter used in one call; only the scored positions reach the (large) output layer.
+        """
+        hidden, _ = self.hidden_states(inputs_embeds, attention_mask, position_ids)
+        hidden = hidden[:, first_scored:]
+        return self.token_logits(hidden), self.router_logits(hidden)
+
     @contextlib.contextmanager
     def reference(self) -> Iterator["HybridPolicy"]:
         """Forwards inside this context use the adapter-free backbone and the initial router."""

@@ -49,6 +49,9 @@ class RewardResult:
     parts: dict[str, float] = field(default_factory=dict)
     answer: str = ""  # normalised answer ("" when none): equal keys are votes for the same answer
 
+    def __float__(self) -> float:  # the trainer takes float(result) as the scalar reward
+        return self.reward
+
 
 def extract_answer(text: str, marker: str = DEFAULT_MARKER) -> str | None:
     """Text after the LAST marker, stripped, one trailing "." dropped; None if there is no marker.
@@ -137,12 +140,23 @@ class _MathTimeout(BaseException):
     """Raised by our timer; a BaseException so sympy's broad `except Exception` cannot swallow it."""
 
 
+_LIMIT = threading.local()  # depth of active limits in this thread: only the outermost arms the timer
+
+
 @contextmanager
 def _time_limit(seconds: float):
-    """SIGALRM-based wall-clock limit in the main thread; a no-op elsewhere (input is bounded)."""
+    """SIGALRM wall-clock limit in the main thread; nested uses share the outer budget.
+
+    Elsewhere (worker threads, Windows) it is a no-op and the bounded input length is the guard.
+    """
+    depth = getattr(_LIMIT, "depth", 0)
     usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-    if not usable:
-        yield
+    if depth or not usable:
+        _LIMIT.depth = depth + 1
+        try:
+            yield
+        finally:
+            _LIMIT.depth = depth
         return
 
     def on_alarm(signum, frame):
@@ -150,11 +164,13 @@ def _time_limit(seconds: float):
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
+    _LIMIT.depth = 1
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        _LIMIT.depth = 0
 
 
 @functools.lru_cache(maxsize=1)
@@ -208,6 +224,13 @@ def _parse_math(text: str) -> list:
                     parsing_timeout=None)
 
 
+def _warm_math_verify() -> None:
+    try:
+        _math_verify()
+    except Exception:  # noqa: BLE001 - a broken install shows up as math answers scoring 0
+        pass
+
+
 def math_equal(answer: str, gold: str, time_limit_s: float = MATH_TIME_LIMIT_S) -> bool:
     """LaTeX-aware equivalence through math-verify; False on any parse failure or timeout.
 
@@ -226,6 +249,7 @@ def math_equal(answer: str, gold: str, time_limit_s: float = MATH_TIME_LIMIT_S) 
     plain_answer, plain_gold = _plain_number(answer), _plain_number(gold)
     if plain_answer is not None and plain_gold is not None:
         return plain_answer == plain_gold  # exact, and no sympy needed
+    nested = getattr(_LIMIT, "depth", 0) > 0  # inside score(): its budget, its timeout handling
     try:
         mv = _math_verify()
         with _time_limit(time_limit_s):
@@ -234,6 +258,8 @@ def math_equal(answer: str, gold: str, time_limit_s: float = MATH_TIME_LIMIT_S) 
                 return False
             return bool(mv.verify(gold_parsed, answer_parsed, timeout_seconds=None))
     except _MathTimeout:
+        if nested:
+            raise
         return False
     except Exception:  # noqa: BLE001 - model text must never stop a run
         return False
@@ -303,8 +329,15 @@ def score(completion_text: str, gold: str | Sequence[str], *, kind: str = "auto"
     marker_count = text.count(marker) if marker else 0
     answer = extract_answer(text, marker)
     clipped = answer[:MAX_ANSWER_CHARS] if answer is not None else None
-    correct = bool(clipped) and any(
-        _is_equal(clipped, g, kind) for g in _gold_alternatives(gold, marker) if g)
+    correct = False
+    if clipped and kind != "numeric":
+        _warm_math_verify()  # the one-off import must not eat the time budget below
+    if clipped:
+        try:  # one time budget for the whole comparison, however many gold alternatives
+            with _time_limit(MATH_TIME_LIMIT_S):
+                correct = any(_is_equal(clipped, g, kind) for g in _gold_alternatives(gold, marker) if g)
+        except _MathTimeout:
+            correct = False
     format_ok = marker_count == 1 if require_single_marker else marker_count >= 1
     parts = {
         "correct": float(correct),
@@ -329,7 +362,8 @@ def make_reward_fn(*, kind: str = "auto", marker: str = DEFAULT_MARKER,
     if kind not in ("auto", "numeric", "math"):
         raise ValueError(f"kind must be auto, numeric or math, got {kind!r}")
 
-    def reward_fn(completions: list[str], golds: list) -> list[RewardResult]:
+    def reward_fn(completions: list[str], golds: list, rollout=None) -> list[RewardResult]:
+        """`rollout` is accepted for the trainer's interface; text rewards ignore it."""
         if len(completions) != len(golds):
             raise ValueError(f"{len(completions)} completions but {len(golds)} golds")
         return [score(c, g, kind=kind, marker=marker, require_single_marker=require_single_marker)

@@ -311,20 +311,21 @@ def replay_inputs(policy, rollout_: Rollout) -> tuple[torch.Tensor, torch.Tensor
     return embeds.detach(), attention_mask, prompt_positions(attention_mask)
 
 
-def replay(policy, rollout_: Rollout, *, settings: RolloutSettings) -> ReplayOutput:
+def replay(policy, rollout_: Rollout, *, settings: RolloutSettings, module=None) -> ReplayOutput:
     """Training forward on a recorded rollout: log-probs of the recorded tokens and actions, with gradients.
 
     The hidden state at the input before step t gives both the logits of y_t and the router logits of a_t.
+    `module` is the callable that runs `HybridPolicy.forward` (a DDP-wrapped policy in multi-process
+    training); it defaults to the policy itself.
     """
     rollout_ = rollout_.to(policy.device)
     embeds, attention_mask, positions = replay_inputs(policy, rollout_)
-    hidden, _ = policy.hidden_states(embeds, attention_mask, positions)
     prompt_len = rollout_.prompt_ids.shape[1]
-    hidden = hidden[:, prompt_len - 1:]  # (B, T, d): one per completion step
-    log_q = sampling_logprobs(policy.token_logits(hidden), settings.temperature, settings.top_k, settings.top_p)
+    token_logits, router_logits = (module or policy)(embeds, attention_mask, positions, prompt_len - 1)
+    log_q = sampling_logprobs(token_logits, settings.temperature, settings.top_k, settings.top_p)
     token_logp = gather_logprob(log_q, rollout_.completion_ids)
     token_entropy = entropy_from_logprobs(log_q.detach())
-    router_log_p = torch.log_softmax(policy.router_logits(hidden) / settings.router_temperature, dim=-1)
+    router_log_p = torch.log_softmax(router_logits / settings.router_temperature, dim=-1)
     router_logp = router_log_p.gather(-1, rollout_.soft_mask.long().unsqueeze(-1)).squeeze(-1)
     router_entropy = -(router_log_p.exp() * router_log_p).sum(-1).detach()
     return ReplayOutput(token_logp, router_logp, token_entropy, router_entropy)

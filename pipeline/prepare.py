@@ -1,0 +1,49 @@
+"""prepare stage: read the `data` params section, write train/eval records and prepare metrics.
+
+Outputs (each written atomically):
+  <out_dir>/train.jsonl, <out_dir>/eval.jsonl   one Record per line {id, prompt, answer, source, solution}
+  <out_dir>/skipped.json                        every malformed row as "path:line: message"
+  <metrics_path>                                flat counts for DVC (rows read, skipped, dropped, kept)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from tarpo.data import load_splits
+from tarpo.io import write_json_atomic, write_jsonl_atomic
+
+OUT_DIR = "data/prepared"
+METRICS_PATH = "metrics/prepare.json"
+TRAIN_FILE, EVAL_FILE, SKIPPED_FILE = "train.jsonl", "eval.jsonl", "skipped.json"
+
+
+def _section(obj) -> dict:
+    """A config sub-section (pydantic model, mapping or None) as a plain dict."""
+    if obj is None:
+        return {}
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump()
+    return dict(vars(obj))
+
+
+def run_prepare(*, data_cfg, out_dir: str | Path = OUT_DIR,
+                metrics_path: str | Path = METRICS_PATH) -> dict[str, int]:
+    """Build disjoint train/eval sets per `data_cfg` (a DataConfig) and write them; returns the metrics."""
+    splits = load_splits(
+        source=data_cfg.source, train_path=data_cfg.train_path, eval_path=data_cfg.eval_path,
+        fields=_section(data_cfg.fields),
+        hub={"name": data_cfg.hub_name, "config": data_cfg.hub_config,
+             "train_split": data_cfg.hub_train_split, "eval_split": data_cfg.hub_eval_split},
+        train_size=data_cfg.train_size, eval_size=data_cfg.eval_size,
+        malformed=data_cfg.malformed, seed=data_cfg.seed, synthetic=_section(data_cfg.synthetic),
+        reasoning_gym_dataset=_section(data_cfg.reasoning_gym).get("dataset"))
+    out_dir = Path(out_dir)
+    write_jsonl_atomic(out_dir / TRAIN_FILE, (r.to_dict() for r in splits.train))
+    write_jsonl_atomic(out_dir / EVAL_FILE, (r.to_dict() for r in splits.eval))
+    write_json_atomic(out_dir / SKIPPED_FILE, {"problems": splits.problems})
+    write_json_atomic(metrics_path, splits.stats)
+    return splits.stats

@@ -1,0 +1,376 @@
+"""The TARPO training loop on Hugging Face Accelerate: rollout -> reward -> advantage -> update(s).
+
+One optimizer step per rollout batch (per iteration when num_iterations > 1):
+  1. each process takes its contiguous share of the step's prompts; the G completions of a prompt stay on
+     one process, and rewards are gathered so advantages (and batch-level scaling) see the whole batch;
+  2. hybrid rollout (tarpo.rollout) with a generator seeded from (seed, step, rank): resuming reproduces
+     exactly the rollouts an uninterrupted run would have drawn;
+  3. reference log-probs (adapter off, initial router, the same mixed inputs) when beta > 0;
+  4. micro-batched replay + backward, gradients accumulated over the whole rollout batch, clipped, one step.
+Non-finite losses or gradients skip the step; too many in a row stop training with a clear error.
+
+Departures from the reference: checkpoints with resume (W7); fp32 router with its own lr (W12);
+forced decisions excluded (B5); the reference sees the same soft inputs (B6).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from tarpo.checkpoint import (TrainerState, load_checkpoint, newest_valid_checkpoint, save_checkpoint,
+                              save_weights)
+from tarpo.objective import (LossInputs, LossSettings, Normaliser, advantage_stats, group_advantages, merge_stats,
+                             tarpo_loss)
+from tarpo.render import completion_text, render_html
+from tarpo.rollout import Rollout, RolloutSettings, encode_prompts, replay, rollout
+from tarpo.tracking import NullTracker, Tracker
+
+# reward_fn(completion_texts, gold_answers, rollout) -> one reward per completion. The rollout record is
+# passed so that rewards may depend on the routing (e.g. a soft-step budget); text rewards ignore it.
+RewardFn = Callable[[list[str], list[str], Rollout], list[float]]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite steps in a row)."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The knobs of the loop (built from the `train`, `rollout` and `router` config sections)."""
+
+    steps: int
+    prompts_per_step: int
+    group_size: int
+    micro_batch_size: int
+    lr: float = 5e-6
+    router_lr: float = 1e-4
+    weight_decay: float = 0.1
+    lr_schedule: str = "cosine"
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 0.1
+    num_iterations: int = 1
+    advantage_scaling: str = "group"
+    advantage_epsilon: float = 1e-4
+    seed: int = 42
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 3
+    max_nonfinite_steps: int = 3
+    max_prompt_tokens: int | None = None
+    log_samples_every: int = 0
+    loss: LossSettings = field(default_factory=LossSettings)
+
+    @classmethod
+    def from_config(cls, cfg) -> "TrainSettings":
+        t, r, ro = cfg.train, cfg.router, cfg.rollout
+        return cls(
+            steps=t.steps, prompts_per_step=ro.prompts_per_step, group_size=ro.group_size,
+            micro_batch_size=t.micro_batch_size, lr=t.lr, router_lr=r.lr, weight_decay=t.weight_decay,
+            lr_schedule=t.lr_schedule, warmup_ratio=t.warmup_ratio, max_grad_norm=t.max_grad_norm,
+            num_iterations=t.num_iterations, advantage_scaling=t.advantage_scaling,
+            advantage_epsilon=t.advantage_epsilon, seed=t.seed, checkpoint_every=t.checkpoint_every,
+            keep_checkpoints=t.keep_checkpoints, max_nonfinite_steps=t.max_nonfinite_steps,
+            max_prompt_tokens=ro.max_prompt_tokens, log_samples_every=t.log_samples_every,
+            loss=LossSettings(clip_epsilon_low=t.clip_epsilon_low, clip_epsilon_high=t.clip_epsilon_high, beta=t.beta,
+                              router_weight=r.loss_weight if r.mode == "tarpo" else 0.0,
+                              aggregation=t.loss_aggregation))
+
+
+def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str) -> Callable[[int], float]:
+    """Linear warm-up over ceil(ratio * total) steps, then cosine / linear decay to 0, or constant."""
+    warmup = math.ceil(warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 1.0
+
+    return factor
+
+
+def build_optimizer(policy, settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW with separate groups: backbone (LoRA) weights with decay, backbone biases/norms without, router."""
+    decay, no_decay = [], []
+    for name, param in policy.backbone.named_parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    router_params = [p for p in policy.router.parameters() if p.requires_grad]
+    groups = [g for g in (
+        {"params": decay, "lr": settings.lr, "weight_decay": settings.weight_decay, "name": "backbone"},
+        {"params": no_decay, "lr": settings.lr, "weight_decay": 0.0, "name": "backbone_no_decay"},
+        {"params": router_params, "lr": settings.router_lr, "weight_decay": settings.weight_decay, "name": "router"},
+    ) if g["params"]]
+    if not groups:
+        raise TrainingError("nothing to train: no parameter requires a gradient")
+    return torch.optim.AdamW(groups, betas=(0.9, 0.99))
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{step}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@functools.lru_cache(maxsize=4)
+def prompt_order(num_prompts: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """A seeded permutation of the prompts for one epoch."""
+    g = torch.Generator().manual_seed(_step_seed(seed, epoch, -1))
+    return tuple(torch.randperm(num_prompts, generator=g).tolist())
+
+
+def step_prompt_indices(position: int, count: int, num_prompts: int, seed: int) -> list[int]:
+    """Prompt indices for positions position .. position+count-1 in the epoch-wise shuffled stream."""
+    out = []
+    for pos in range(position, position + count):
+        epoch, offset = divmod(pos, num_prompts)
+        out.append(prompt_order(num_prompts, seed, epoch)[offset])
+    return out
+
+
+@dataclass
+class StepOutcome:
+    metrics: dict[str, float]
+    rollout: Rollout
+    texts: list[str]
+    rewards: list[float]
+
+
+class TarpoTrainer:
+    """Owns the loop; the caller provides the policy, tokenizer, prompts, golds and reward function."""
+
+    def __init__(self, policy, tokenizer, prompts: Sequence[str], answers: Sequence[str], reward_fn: RewardFn, *,
+                 settings: TrainSettings, rollout_settings: RolloutSettings, output_dir: str | Path,
+                 accelerator=None, tracker: Tracker | None = None, rollout_fn=rollout, log=print):
+        from accelerate import Accelerator
+
+        if len(prompts) != len(answers) or not prompts:
+            raise TrainingError(f"need as many answers as prompts (got {len(prompts)} prompts, {len(answers)} answers)")
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        world = self.accelerator.num_processes
+        if settings.prompts_per_step % world:
+            raise TrainingError(f"rollout.prompts_per_step={settings.prompts_per_step} must be divisible by the "
+                                f"{world} processes so the completions of a prompt stay on one process")
+        local_rows = settings.prompts_per_step // world * settings.group_size
+        if local_rows % settings.micro_batch_size:
+            raise TrainingError(f"train.micro_batch_size={settings.micro_batch_size} must divide the {local_rows} "
+                                f"completions each process generates per step")
+        self.policy, self.tokenizer = policy, tokenizer
+        self.prompts, self.answers, self.reward_fn = list(prompts), list(answers), reward_fn
+        self.settings, self.rollout_settings = settings, rollout_settings
+        self.output_dir = Path(output_dir)
+        self.tracker = tracker if tracker is not None and self.accelerator.is_main_process else NullTracker()
+        self.rollout_fn, self.log = rollout_fn, log
+        if rollout_settings.router_mode != "tarpo":  # the router is not part of the policy in these modes
+            policy.router.requires_grad_(False)
+        self.optimizer = build_optimizer(policy, settings)
+        total = settings.steps * settings.num_iterations
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(total, settings.warmup_ratio, settings.lr_schedule))
+        # the scheduler is not prepared: Accelerate would step it once per process per call
+        self.module, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
+        self.state = TrainerState(run_id=uuid.uuid4().hex)
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    def resume(self) -> bool:
+        """Load the newest complete checkpoint; returns False when there is none."""
+        found = newest_valid_checkpoint(self.checkpoint_dir, warn=self.log)
+        if found is None:
+            return False
+        self.state = load_checkpoint(found, self.policy, self.optimizer, self.scheduler)
+        self.log(f"resumed from {found} (step {self.state.step})")
+        return True
+
+    def save(self) -> Path | None:
+        self.accelerator.wait_for_everyone()
+        path = None
+        if self.accelerator.is_main_process:
+            path = save_checkpoint(self.checkpoint_dir, self.policy, self.optimizer, self.scheduler, self.state,
+                                   self.settings.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def export(self, directory: str | Path) -> None:
+        """Final weights (adapter + router + initial router) for evaluation and registration."""
+        if self.accelerator.is_main_process:
+            save_weights(self.policy, Path(directory))
+
+    # ------------------------------------------------------------------ one step
+    def _local_batch(self) -> tuple[list[str], list[str]]:
+        s, acc = self.settings, self.accelerator
+        indices = step_prompt_indices(self.state.data_position, s.prompts_per_step, len(self.prompts), s.seed)
+        share = s.prompts_per_step // acc.num_processes
+        mine = indices[acc.process_index * share:(acc.process_index + 1) * share]
+        prompts = [self.prompts[i] for i in mine for _ in range(s.group_size)]
+        answers = [self.answers[i] for i in mine for _ in range(s.group_size)]
+        return prompts, answers
+
+    def _rollout(self, prompts: list[str]) -> Rollout:
+        ids, mask = encode_prompts(self.tokenizer, prompts, self.settings.max_prompt_tokens, self.policy.device)
+        generator = torch.Generator(device=self.policy.device)
+        generator.manual_seed(_step_seed(self.settings.seed, self.state.step, self.accelerator.process_index))
+        self.policy.eval()
+        try:
+            return self.rollout_fn(self.policy, ids, mask, settings=self.rollout_settings, generator=generator)
+        finally:
+            self.policy.train()
+
+    def _advantages(self, rewards: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Gather rewards from every process, compute advantages on the whole batch, keep the local share."""
+        s, acc = self.settings, self.accelerator
+        all_rewards = acc.gather(rewards.to(acc.device)).cpu()
+        advantages = group_advantages(all_rewards, s.group_size, s.advantage_scaling, s.advantage_epsilon)
+        local = rewards.numel()
+        mine = advantages[acc.process_index * local:(acc.process_index + 1) * local]
+        return mine, advantage_stats(advantages, all_rewards, s.group_size)
+
+    def _reference_logprobs(self, batch: Rollout, rows: list[slice]):
+        if not self.settings.loss.beta:
+            return None, None
+        tokens, routers = [], []
+        with torch.no_grad(), self.policy.reference():
+            for chunk in rows:
+                out = replay(self.policy, batch.select(chunk), settings=self.rollout_settings)
+                tokens.append(out.token_logp)
+                routers.append(out.router_logp)
+        return tokens, routers
+
+    def _update(self, batch: Rollout, advantages: torch.Tensor, ref, iteration: int) -> dict[str, float] | None:
+        """Micro-batched replay + backward over the whole batch, then one optimizer step (None if skipped)."""
+        s, acc = self.settings, self.accelerator
+        mb = s.micro_batch_size
+        chunks = [slice(i, i + mb) for i in range(0, batch.num_rows, mb)]
+        tokens_global = acc.reduce(batch.completion_mask.sum().to(acc.device), reduction="sum").item()
+        norm = Normaliser(rows=s.prompts_per_step * s.group_size, tokens=int(tokens_global),
+                          max_new_tokens=self.rollout_settings.max_new_tokens)
+        stats, entropy, router_entropy, finite = [], [], [], True
+        for index, chunk in enumerate(chunks):
+            part = batch.select(chunk).to(self.policy.device)
+            out = replay(self.policy, part, settings=self.rollout_settings, module=self.module)
+            on_policy = s.num_iterations == 1
+            inputs = LossInputs(
+                token_logp=out.token_logp, router_logp=out.router_logp,
+                old_token_logp=out.token_logp.detach() if on_policy else part.token_logp,
+                old_router_logp=out.router_logp.detach() if on_policy else part.router_logp,
+                ref_token_logp=ref[0][index] if ref[0] else None, ref_router_logp=ref[1][index] if ref[1] else None,
+                advantages=advantages[chunk].to(self.policy.device), completion_mask=part.completion_mask,
+                decision_mask=part.decision_mask)
+            loss, part_stats = tarpo_loss(inputs, s.loss, norm)
+            finite &= bool(torch.isfinite(loss))
+            acc.backward(loss * acc.num_processes)  # DDP averages gradients; the loss is a global sum
+            stats.append(part_stats)
+            mask = part.completion_mask
+            entropy.append((float(out.token_entropy[mask].sum()), float(mask.sum())))
+            decided = part.decision_mask & mask
+            router_entropy.append((float(out.router_entropy[decided].sum()), float(decided.sum())))
+        grad_norm = acc.clip_grad_norm_([p for p in self.policy.parameters() if p.requires_grad], s.max_grad_norm)
+        finite &= bool(torch.isfinite(torch.as_tensor(grad_norm)))
+        finite = acc.reduce(torch.tensor(float(not finite), device=acc.device), reduction="sum").item() == 0
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = merge_stats(stats + [{"token_entropy": _sum(entropy), "router_entropy": _sum(router_entropy)}])
+        metrics["grad_norm"] = float(grad_norm)
+        return metrics
+
+    def train_step(self) -> StepOutcome:
+        import time
+
+        started = time.perf_counter()
+        prompts, answers = self._local_batch()
+        batch = self._rollout(prompts)
+        rollout_seconds = time.perf_counter() - started
+        texts = [completion_text(self.tokenizer, batch, i) for i in range(batch.num_rows)]
+        rewards = [float(r) for r in self.reward_fn(texts, answers, batch)]
+        advantages, metrics = self._advantages(torch.tensor(rewards, dtype=torch.float32))
+        mb = self.settings.micro_batch_size
+        ref = self._reference_logprobs(batch, [slice(i, i + mb) for i in range(0, batch.num_rows, mb)])
+        update_started = time.perf_counter()
+        skipped = False
+        for iteration in range(self.settings.num_iterations):
+            result = self._update(batch, advantages, ref, iteration)
+            if result is None:
+                skipped = True
+                break
+            metrics.update(result)
+        metrics.update(self._rollout_metrics(batch))
+        metrics.update(lr=self.scheduler.get_last_lr()[0], rollout_seconds=rollout_seconds,
+                       update_seconds=time.perf_counter() - update_started,
+                       step_seconds=time.perf_counter() - started, skipped=float(skipped))
+        metrics["tokens_per_second"] = metrics["completion_tokens"] * self.accelerator.num_processes / max(rollout_seconds, 1e-9)
+        self._count_nonfinite(skipped)
+        self.state.step += 1
+        self.state.data_position += self.settings.prompts_per_step
+        return StepOutcome(metrics, batch, texts, rewards)
+
+    def _rollout_metrics(self, batch: Rollout) -> dict[str, float]:
+        mask = batch.completion_mask
+        lengths = mask.sum(1).float()
+        soft = (batch.soft_mask & mask).sum(1).float()
+        local = torch.stack([lengths.sum(), soft.sum(), (batch.decision_mask & mask).sum().float(),
+                             torch.tensor(float(batch.num_rows))]).to(self.accelerator.device)
+        total = self.accelerator.reduce(local, reduction="sum").cpu()
+        return {"completion_length": float(total[0] / total[3]), "soft_ratio": float(total[1] / total[0].clamp_min(1)),
+                "decision_ratio": float(total[2] / total[0].clamp_min(1)),
+                "explicit_length": float((total[0] - total[1]) / total[3]),
+                "completion_tokens": float(lengths.sum())}
+
+    def _count_nonfinite(self, skipped: bool) -> None:
+        if not skipped:
+            self.state.nonfinite_in_row = 0
+            return
+        self.state.skipped_steps += 1
+        self.state.nonfinite_in_row += 1
+        self.log(f"step {self.state.step}: non-finite loss or gradient, step skipped "
+                 f"({self.state.nonfinite_in_row} in a row)")
+        if self.state.nonfinite_in_row > self.settings.max_nonfinite_steps:
+            raise TrainingError(f"{self.state.nonfinite_in_row} consecutive steps had a non-finite loss or gradient "
+                                f"(train.max_nonfinite_steps={self.settings.max_nonfinite_steps}); lower train.lr "
+                                f"or check the reward function")
+
+    # ------------------------------------------------------------------ loop
+    def train(self, on_step: Callable[[int, dict[str, float]], None] | None = None, progress: bool = True) -> TrainerState:
+        """Run until `settings.steps`; checkpoints every `checkpoint_every` steps and at the end."""
+        from tqdm.auto import tqdm
+
+        s = self.settings
+        bar = tqdm(total=s.steps, initial=self.state.step, desc="tarpo train", unit="step",
+                   disable=not (progress and self.accelerator.is_main_process))
+        while self.state.step < s.steps:
+            outcome = self.train_step()
+            step = self.state.step
+            self.tracker.log_metrics(outcome.metrics, step=step)
+            if on_step is not None and self.accelerator.is_main_process:
+                on_step(step, outcome.metrics)
+            if s.log_samples_every and (step % s.log_samples_every == 0 or step == 1):
+                self.tracker.log_text(render_html(self.tokenizer, outcome.rollout, range(min(8, outcome.rollout.num_rows)),
+                                                  rewards=outcome.rewards, title=f"Rollout samples, step {step}"),
+                                      f"samples/step-{step:06d}.html")
+            bar.set_postfix(reward=f"{outcome.metrics['reward_mean']:.3f}", soft=f"{outcome.metrics['soft_ratio']:.3f}")
+            bar.update(1)
+            if s.checkpoint_every and step % s.checkpoint_every == 0 and step < s.steps:
+                self.save()
+        bar.close()
+        self.save()
+        return self.state
+
+
+def _sum(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+    return sum(p[0] for p in pairs), sum(p[1] for p in pairs)

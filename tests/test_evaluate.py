@@ -1,0 +1,146 @@
+"""Evaluation metrics against brute force and hand-built cases; the loop with a fake generator."""
+
+import itertools
+import math
+import random
+
+import pytest
+
+from tarpo.data import Record
+from tarpo.evaluate import (Completion, ProblemResult, avg_at_k, derive_seed, maj_at_k, mean_ci,
+                            pass_at_k, run_evaluation, summarize)
+
+
+def brute_pass_at_k(n, c, k):
+    flags = [True] * c + [False] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    return sum(any(flags[i] for i in s) for s in subsets) / len(subsets)
+
+
+@pytest.mark.parametrize("n", range(1, 9))
+def test_pass_at_k_equals_enumeration(n):
+    for c in range(n + 1):
+        for k in range(1, n + 1):
+            assert pass_at_k(n, c, k) == pytest.approx(brute_pass_at_k(n, c, k), abs=1e-12)
+
+
+def test_pass_at_k_large_n_is_stable():
+    value = pass_at_k(10_000, 3, 100)
+    assert 0.0 < value < 1.0 and math.isfinite(value)
+    assert value == pytest.approx(1 - math.comb(9997, 100) / math.comb(10_000, 100), rel=1e-9)
+
+
+@pytest.mark.parametrize("n,c,k", [(4, 5, 1), (4, 1, 5), (4, 1, 0), (4, -1, 1)])
+def test_pass_at_k_rejects_bad_arguments(n, c, k):
+    with pytest.raises(ValueError):
+        pass_at_k(n, c, k)
+
+
+def test_avg_at_k():
+    assert avg_at_k([True, True, False, False]) == 0.5
+    assert avg_at_k([1.0]) == 1.0
+    with pytest.raises(ValueError):
+        avg_at_k([])
+
+
+@pytest.mark.parametrize("answers,correct,expected", [
+    (["4", "4", "5"], [True, True, False], 1.0),
+    (["5", "4", "5"], [False, True, False], 0.0),
+    (["", "", "4"], [False, False, True], 1.0),  # empty answers do not vote
+    (["5", "4", "4", "5"], [False, True, True, False], 0.0),  # tie: first seen ("5") wins
+    (["4", "5", "5", "4"], [True, False, False, True], 1.0),  # tie: first seen ("4") wins
+    (["", ""], [False, False], 0.0),
+])
+def test_maj_at_k(answers, correct, expected):
+    assert maj_at_k(answers, correct) == expected
+
+
+def test_mean_ci():
+    stats = mean_ci([0.0, 1.0, 1.0, 0.0])
+    assert stats["mean"] == 0.5
+    assert stats["std"] == pytest.approx(math.sqrt(1 / 3))
+    assert stats["stderr"] == pytest.approx(math.sqrt(1 / 3) / 2)
+    assert stats["ci95_high"] - stats["mean"] == pytest.approx(1.959963984540054 * stats["stderr"])
+    assert mean_ci([0.7])["std"] == 0.0
+
+
+def _result(pid, source, rewards, answers, lengths=(10, 10), soft=(2, 0), greedy=None):
+    return ProblemResult(id=pid, source=source, prompt="q", gold="1", completions=["t"] * len(rewards),
+                         answers=list(answers), rewards=list(rewards), lengths=list(lengths),
+                         explicit_lengths=[n - s for n, s in zip(lengths, soft)],
+                         soft_steps=list(soft), greedy_correct=greedy)
+
+
+def test_summarize_hand_built():
+    results = [_result("a", "gsm8k", [1.0, 0.0], ["1", "2"], greedy=True),
+               _result("b", "math", [0.0, 0.0], ["3", "3"], lengths=(20, 40), soft=(10, 0), greedy=False)]
+    m = summarize(results, pass_k=[1, 2])
+    assert m["avg_at_k"] == 0.25
+    assert m["pass_at_1"] == 0.25 and m["pass_at_2"] == 0.5
+    assert m["maj_at_1"] == 0.5 and m["maj_at_2"] == 0.5
+    assert m["greedy_accuracy"] == 0.5
+    assert m["mean_length"] == 20.0 and m["mean_explicit_length"] == 17.0
+    assert m["soft_ratio"] == pytest.approx(12 / 80)
+    assert m["source/gsm8k/accuracy"] == 0.5 and m["source/math/accuracy"] == 0.0
+    assert m["num_problems"] == 2.0 and m["num_samples"] == 2.0
+    assert all(isinstance(v, float) and not isinstance(v, dict) for v in m.values())
+    assert not any("@" in key for key in m)  # MLflow rejects "@" in metric names
+
+
+def test_summarize_rejects_k_above_samples():
+    with pytest.raises(ValueError, match="pass_k=3"):
+        summarize([_result("a", "s", [1.0, 0.0], ["1", "2"])], pass_k=[3])
+
+
+def fake_generate(prompts, seed):
+    """Answers the gold (the prompt's last word) or a wrong number, at random per seed."""
+    rng = random.Random(seed)
+    out = []
+    for prompt in prompts:
+        gold = prompt.split()[-1]
+        answer = gold if rng.random() < 0.5 else str(rng.randint(100, 200))
+        soft = rng.randint(0, 3)
+        text = f"thinking #### {answer}"
+        out.append(Completion(text=text, marked_text=f"⟦x⟧{text}", length=8 + soft,
+                              explicit_length=8, soft_steps=soft))
+    return out
+
+
+RECORDS = [Record(id=str(i), prompt=f"what is {i}", answer=str(i), source="synthetic" if i % 2 else "other")
+           for i in range(7)]
+
+
+def test_evaluation_is_deterministic_per_seed():
+    kwargs = dict(num_samples=4, batch_size=5, pass_k=[1, 4])
+    first = run_evaluation(RECORDS, fake_generate, seed=3, **kwargs)
+    second = run_evaluation(RECORDS, fake_generate, seed=3, **kwargs)
+    other = run_evaluation(RECORDS, fake_generate, seed=4, **kwargs)
+    assert first[1] == second[1]
+    assert [r.to_row() for r in first[0]] == [r.to_row() for r in second[0]]
+    assert first[1] != other[1]
+
+
+def test_evaluation_scores_and_greedy():
+    results, metrics = run_evaluation(RECORDS, fake_generate, num_samples=3, seed=0, batch_size=4,
+                                      greedy_fn=lambda prompts, seed: [
+                                          Completion(f"#### {p.split()[-1]}", "", 2, 2, 0) for p in prompts])
+    assert len(results) == len(RECORDS)
+    for record, result in zip(RECORDS, results):
+        assert len(result.rewards) == 3 and result.greedy_correct is True
+        for completion, reward in zip(result.completions, result.rewards):
+            assert reward == float(completion.endswith(f"#### {record.answer}"))
+    assert metrics["greedy_accuracy"] == 1.0
+    assert set(k for k in metrics if k.startswith("source/")) == {
+        "source/other/accuracy", "source/other/num_problems",
+        "source/synthetic/accuracy", "source/synthetic/num_problems"}
+
+
+def test_generate_fn_must_return_one_completion_per_prompt():
+    with pytest.raises(ValueError, match="returned 0 completions"):
+        run_evaluation(RECORDS, lambda prompts, seed: [], num_samples=1, seed=0)
+
+
+def test_derive_seed_is_stable():
+    assert derive_seed(1, 0) == derive_seed(1, 0)
+    assert len({derive_seed(s, i) for s in range(5) for i in range(5)}) == 25
+    assert 0 <= derive_seed(2**40, 7) < 2**63
