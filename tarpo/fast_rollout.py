@@ -258,13 +258,15 @@ def _left_pad(prompt_ids, prompt_mask, multiple: int, pad_id: int):
 @torch.no_grad()
 def fast_rollout(policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, settings: RolloutSettings,
                  generator: torch.Generator | None = None, compile: bool | None = None, sync_every: int = 16,
-                 prompt_multiple: int | None = None) -> Rollout:
+                 prompt_multiple: int | None = None, step_limit: int | None = None) -> Rollout:
     """Hybrid decode on static buffers; the same record as `tarpo.rollout.rollout` for the same seed.
 
     compile: None = compile on CUDA only (CUDA graphs); on CPU `True` uses inductor's default mode.
     sync_every: steps between the host checks "all rows finished?" (the loop's only synchronisation).
     prompt_multiple: left-pad prompts to a multiple of this many tokens so that batches share compiled shapes;
     None = 64 when compiling, else 1 (exact shapes). The returned record carries the caller's prompt tensors.
+    step_limit: stop after this many steps although the cache is sized for `settings.max_new_tokens` (for
+    benchmarks that time a few steps of the real shape); None = run to `max_new_tokens`.
     """
     device = policy.device
     compile = (device.type == "cuda") if compile is None else compile
@@ -279,9 +281,9 @@ def fast_rollout(policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *,
 
     engine.prefill(policy, run_ids, run_mask)
     rng_after: list[torch.Tensor] = []  # generator state after each step since the last sync
-    steps_run = 0
-    while steps_run < settings.max_new_tokens:
-        window = min(sync_every, settings.max_new_tokens - steps_run)
+    steps_run, limit = 0, min(settings.max_new_tokens, step_limit or settings.max_new_tokens)
+    while steps_run < limit:
+        window = min(sync_every, limit - steps_run)
         rng_after.clear()
         for _ in range(window):
             token_u, router_u = draw_uniforms(settings, batch, engine.vocab, generator, device)
