@@ -231,6 +231,23 @@ def _warm_math_verify() -> None:
         pass
 
 
+MAX_BRACE_DEPTH = 16  # real answers nest a few levels; deeper or unbalanced text only burns parser time
+
+
+def _braces_plausible(text: str) -> bool:
+    """Balanced braces nested at most MAX_BRACE_DEPTH deep (cheap pre-check before the LaTeX parser).
+
+    >>> _braces_plausible("\\frac{1}{2}"), _braces_plausible("{" * 40 + "}" * 40), _braces_plausible("{1")
+    (True, False, False)
+    """
+    depth = 0
+    for ch in text:
+        depth += (ch == "{") - (ch == "}")
+        if depth < 0 or depth > MAX_BRACE_DEPTH:
+            return False
+    return depth == 0
+
+
 def math_equal(answer: str, gold: str, time_limit_s: float = MATH_TIME_LIMIT_S) -> bool:
     """LaTeX-aware equivalence through math-verify; False on any parse failure or timeout.
 
@@ -244,7 +261,7 @@ def math_equal(answer: str, gold: str, time_limit_s: float = MATH_TIME_LIMIT_S) 
     False
     """
     answer, gold = answer[:MAX_ANSWER_CHARS], gold[:MAX_ANSWER_CHARS * 4]
-    if not answer.strip():
+    if not answer.strip() or not _braces_plausible(answer):
         return False
     plain_answer, plain_gold = _plain_number(answer), _plain_number(gold)
     if plain_answer is not None and plain_gold is not None:

@@ -30,7 +30,8 @@ from tarpo.checkpoint import (TrainerState, load_checkpoint, newest_valid_checkp
 from tarpo.objective import (LossInputs, LossSettings, Normaliser, advantage_stats, group_advantages, merge_stats,
                              tarpo_loss)
 from tarpo.render import completion_text, render_html
-from tarpo.rollout import Rollout, RolloutSettings, encode_prompts, replay, rollout
+from tarpo.fast_rollout import run_rollout
+from tarpo.rollout import Rollout, RolloutSettings, encode_prompts, replay
 from tarpo.tracking import NullTracker, Tracker
 
 # reward_fn(completion_texts, gold_answers, rollout) -> one reward per completion. The rollout record is
@@ -151,7 +152,7 @@ class TarpoTrainer:
 
     def __init__(self, policy, tokenizer, prompts: Sequence[str], answers: Sequence[str], reward_fn: RewardFn, *,
                  settings: TrainSettings, rollout_settings: RolloutSettings, output_dir: str | Path,
-                 accelerator=None, tracker: Tracker | None = None, rollout_fn=rollout, log=print):
+                 accelerator=None, tracker: Tracker | None = None, rollout_fn=run_rollout, log=print):
         from accelerate import Accelerator
 
         if len(prompts) != len(answers) or not prompts:
