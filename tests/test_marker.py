@@ -52,3 +52,21 @@ def test_ids_beyond_tokenizer_never_match():
 def test_empty_marker_rejected():
     with pytest.raises(ValueError):
         MarkerMatcher.from_token_texts("", TEXTS)
+
+
+def test_real_tokenizer_split_and_embedded_marker():
+    from tarpo.models import load_tiny_tokenizer
+
+    tokenizer = load_tiny_tokenizer()
+    matcher = MarkerMatcher.from_tokenizer(tokenizer, "####", vocab_size=512)
+    split = tokenizer("####", add_special_tokens=False)["input_ids"]
+    embedded = tokenizer(" #### 14", add_special_tokens=False)["input_ids"]
+    assert len(split) == 2 and matcher.scan(split) == 4 and matcher.scan(split[:1]) < 4
+    assert matcher.scan(embedded[:1]) == 4  # " ####" is one token
+    hash_ids = [i for i in range(len(tokenizer)) if "#" in tokenizer.decode([i])]
+    g = torch.Generator().manual_seed(1)
+    for _ in range(300):
+        seq = [hash_ids[j] if torch.rand(1, generator=g) < 0.6 else int(torch.randint(0, len(tokenizer), (1,), generator=g))
+               for j in torch.randint(0, len(hash_ids), (6,), generator=g).tolist()]
+        text = tokenizer.decode(seq)
+        assert (matcher.scan(seq) == 4) == ("####" in text), (seq, text)
