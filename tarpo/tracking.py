@@ -1,12 +1,43 @@
 """Tracking interface used by the trainer and stages; MLflow is one implementation, imported lazily.
 
 `tarpo` talks to a `Tracker`; the `NullTracker` does nothing, so the library never branches on
-"is tracking on".
+"is tracking on". `MlflowTracker` talks to the store through `MlflowClient` (no fluent global
+"active run"), so a train stage and a register stage in one process cannot trip over each other.
+
+Departures from plain `mlflow.log_params` / `log_metrics`, on purpose:
+1. Param values longer than MLflow's limit are cut with a visible marker instead of raising; params
+   and metrics go out in batches within MLflow's per-request limits, so 300 keys never crash.
+2. Non-finite metric values (a skipped step's NaN loss) are dropped, not logged: MLflow stores them,
+   but they break the UI's charts and `compare`.
+3. Resuming a run re-logs only changed params, as `param.changed.<key>` tags: MLflow params are
+   immutable and a second, different value would raise at the end of a long run.
+4. `check_tracking_uri` fails in seconds with one line naming the URI, before any training starts.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
 from typing import Any, Mapping, Protocol
+
+TRUNCATION_MARKER = "...[truncated]"
+MAX_PARAM_VALUE = 6000      # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+MAX_TAG_VALUE = 8000        # MAX_TAG_VAL_LENGTH
+MAX_KEY = 250               # MAX_ENTITY_KEY_LENGTH
+PARAMS_PER_BATCH = 100      # MAX_PARAMS_TAGS_PER_BATCH
+METRICS_PER_BATCH = 1000    # MAX_METRICS_PER_BATCH
+CONNECT_TIMEOUT_S = 3.0
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store cannot be reached or written; the message is one line naming the URI."""
 
 
 class Tracker(Protocol):
@@ -18,9 +49,20 @@ class Tracker(Protocol):
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None: ...
 
+    def log_figure(self, figure: Any, artifact_file: str) -> None: ...
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+
+    @property
+    def run_id(self) -> str | None: ...
+
+    def close(self, status: str = "FINISHED") -> None: ...
+
 
 class NullTracker:
     """Accepts everything, records nothing."""
+
+    run_id = None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         pass
@@ -33,3 +75,223 @@ class NullTracker:
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         pass
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def close(self, status: str = "FINISHED") -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------ helpers
+def truncate(value: str, limit: int) -> str:
+    """`value` cut to `limit` characters, ending in TRUNCATION_MARKER when it was cut.
+
+    >>> truncate("abcdef", 20)
+    'abcdef'
+    >>> len(truncate("x" * 10_000, 6000)), truncate("x" * 10_000, 6000).endswith(TRUNCATION_MARKER)
+    (6000, True)
+    """
+    return value if len(value) <= limit else value[:limit - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mappings as dotted keys with string values.
+
+    >>> flatten_params({"a": {"b": 1, "c": [1, 2]}, "d": None})
+    {'a.b': '1', 'a.c': '[1, 2]', 'd': 'None'}
+    """
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, str) else str(value)
+    return flat
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite URI (`sqlite:///rel.db`, `sqlite:////abs.db`), None for `:memory:`."""
+    rest = uri[len("sqlite://"):]
+    if not rest.startswith("/") or rest in ("/", "/:memory:"):
+        return None
+    return Path(rest[1:])
+
+
+def check_tracking_uri(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise TrackingUnavailable unless the store at `uri` answers (http) or can be written (sqlite, file)."""
+    scheme = urllib.parse.urlparse(uri).scheme.lower()
+    if scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+                return
+        except urllib.error.HTTPError:
+            return  # the server answered; an odd status on /health is not our problem here
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingUnavailable(f"MLflow tracking server {uri} is not reachable ({reason}); start it, or set "
+                                      "tracking.uri=sqlite:///mlflow.db, or tracking.enabled=false") from None
+    if scheme == "sqlite":
+        path = _sqlite_path(uri)
+        directory = (path.parent if path is not None else Path(".")).resolve()
+        if path is not None and path.exists() and not os.access(path, os.W_OK):
+            raise TrackingUnavailable(f"MLflow store {uri}: {path} is not writable")
+        if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
+            raise TrackingUnavailable(f"MLflow store {uri}: directory {directory} does not exist or is not writable")
+    elif scheme in ("", "file"):
+        directory = Path(urllib.parse.urlparse(uri).path if scheme else uri).resolve()
+        while not directory.exists() and directory != directory.parent:
+            directory = directory.parent
+        if not os.access(directory, os.W_OK):
+            raise TrackingUnavailable(f"MLflow store {uri}: {directory} is not writable")
+
+
+def git_tags(cwd: str | Path | None = None) -> dict[str, str]:
+    """The commit (MLflow's own tag name, shown in the UI) and whether the tree had uncommitted changes."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"mlflow.source.git.commit": commit, "git.dirty": str(bool(status)).lower()}
+
+
+def dvc_tags(stage: str | None = None, root: str | Path | None = None) -> dict[str, str]:
+    """DVC stage (from the env DVC sets for every stage command), experiment name, and dvc.lock's sha256."""
+    tags: dict[str, str] = {}
+    stage = stage or os.environ.get("DVC_STAGE")
+    if stage:
+        tags["dvc.stage"] = stage
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    lock = Path(root or os.environ.get("DVC_ROOT") or ".") / "dvc.lock"
+    if lock.is_file():
+        tags["dvc.lock.sha256"] = hashlib.sha256(lock.read_bytes()).hexdigest()
+    return tags
+
+
+# ------------------------------------------------------------------------------------ MLflow
+class MlflowTracker:
+    """One MLflow run: new, or the run `run_id` continued (status set back to RUNNING)."""
+
+    def __init__(self, uri: str, experiment: str, *, run_name: str | None = None, run_id: str | None = None,
+                 tags: Mapping[str, Any] | None = None, stage: str | None = None,
+                 artifact_location: str | None = None):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        if run_id is not None:
+            run = self._existing_run(run_id)
+            self.experiment_id = run.info.experiment_id
+            self._run_id = run_id
+            self._logged_params = dict(run.data.params)
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            self.experiment_id = self._experiment_id(experiment, artifact_location)
+            run = self.client.create_run(self.experiment_id, run_name=run_name)
+            self._run_id = run.info.run_id
+            self._logged_params = {}
+        self.set_tags({**git_tags(), **dvc_tags(stage), **(tags or {})})
+
+    def _existing_run(self, run_id: str):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException:
+            raise TrackingUnavailable(f"cannot resume MLflow run {run_id}: it is not in the store {self.uri}; "
+                                      "delete the checkpoints to start a new run, or point tracking.uri at "
+                                      "the store that holds it") from None
+
+    def _experiment_id(self, name: str, artifact_location: str | None) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is None:
+            return self.client.create_experiment(name, artifact_location=artifact_location)
+        if found.lifecycle_stage == "deleted":
+            self.client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        new, changed = [], {}
+        for key, value in flatten_params(params).items():
+            key, value = key[:MAX_KEY], truncate(value, MAX_PARAM_VALUE)
+            old = self._logged_params.get(key)
+            if old is None:
+                new.append(Param(key, value))
+                self._logged_params[key] = value
+            elif old != value:
+                changed[f"param.changed.{key}"] = value
+        for start in range(0, len(new), PARAMS_PER_BATCH):
+            self.client.log_batch(self._run_id, params=new[start:start + PARAMS_PER_BATCH])
+        self.set_tags(changed)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now_ms = int(time.time() * 1000)
+        rows = []
+        for key, value in metrics.items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(number):
+                rows.append(Metric(key[:MAX_KEY], number, now_ms, step or 0))
+        for start in range(0, len(rows), METRICS_PER_BATCH):
+            self.client.log_batch(self._run_id, metrics=rows[start:start + METRICS_PER_BATCH])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self._run_id, text, artifact_file)
+
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        if Path(local_path).is_dir():
+            self.client.log_artifacts(self._run_id, str(local_path), artifact_path)
+        else:
+            self.client.log_artifact(self._run_id, str(local_path), artifact_path)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(self._run_id, figure, artifact_file)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        rows = [RunTag(str(k)[:MAX_KEY], truncate(str(v), MAX_TAG_VALUE)) for k, v in tags.items()]
+        for start in range(0, len(rows), PARAMS_PER_BATCH):
+            self.client.log_batch(self._run_id, tags=rows[start:start + PARAMS_PER_BATCH])
+
+    def close(self, status: str = "FINISHED") -> None:
+        """Mark the run FINISHED, FAILED or KILLED; a resumed run may be closed again later."""
+        self.client.set_terminated(self._run_id, status=status)
+
+    def __enter__(self) -> "MlflowTracker":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close("FINISHED" if exc_type is None else "KILLED" if exc_type is KeyboardInterrupt else "FAILED")
+
+
+def open_tracker(tracking_cfg, *, run_id: str | None = None, run_name: str | None = None,
+                 tags: Mapping[str, Any] | None = None, stage: str | None = None) -> Tracker:
+    """The tracker for a `tracking` config section: NullTracker when disabled, else a checked MLflow run."""
+    if not tracking_cfg.enabled:
+        return NullTracker()
+    check_tracking_uri(tracking_cfg.uri)
+    return MlflowTracker(tracking_cfg.uri, tracking_cfg.experiment, run_name=run_name or tracking_cfg.run_name,
+                         run_id=run_id, tags=tags, stage=stage)

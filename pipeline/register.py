@@ -1,0 +1,114 @@
+"""register stage: log the trained model to its training run, register a version, move aliases.
+
+Reads the `register`, `tracking`, `model`, `router`, `rollout` and `data.system_prompt` params, the run
+id the train stage wrote, and the eval metrics. Every new version gets `register.aliases` (default
+`candidate`); `register.champion_alias` moves to it only when its `register.champion_metric` is
+strictly higher than the current champion's, which is stored on each version as the tag
+`eval.<metric>` (so the decision never depends on a run that may have been deleted).
+Writes `metrics/register.json` atomically: version, aliases set, champion decision with both numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from pipeline import paths
+from tarpo.io import write_json_atomic
+
+TRAINED_SECTION = "tarpo"  # eval.json keys are "<model>/<metric>"; the registered model is the TARPO one
+
+
+class RegisterError(RuntimeError):
+    """A missing input or metric; the message is one line naming it."""
+
+
+def _read_json(path: str | Path, stage: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise RegisterError(f"{path} is missing; run the {stage} stage first")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise RegisterError(f"{path} is not valid JSON ({exc})") from None
+
+
+def metric_value(metrics: dict, name: str, path: str | Path = "eval metrics") -> float:
+    """`name` from eval metrics: the exact key, else `tarpo/<name>` (the trained model's section).
+
+    >>> metric_value({"warmup/avg_at_k": 0.1, "tarpo/avg_at_k": 0.3}, "avg_at_k")
+    0.3
+    """
+    for key in (name, f"{TRAINED_SECTION}/{name}"):
+        if key in metrics:
+            value = float(metrics[key])
+            if not math.isfinite(value):
+                raise RegisterError(f"{path}: {key} is {value}; cannot rank a non-finite score")
+            return value
+    raise RegisterError(f"{path} has no {name!r} (nor {TRAINED_SECTION}/{name}); register.champion_metric "
+                        f"must be one of: {', '.join(sorted(metrics))}")
+
+
+def _current_champion(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def champion_decision(client, name: str, alias: str, metric: str, value: float, version: str) -> dict:
+    """Whether `version` takes `alias`, with both numbers and the reason."""
+    current = _current_champion(client, name, alias)
+    decision = {"alias": alias, "metric": metric, "value": value, "previous_version": None,
+                "previous_value": None}
+    if current is None:
+        return {**decision, "promoted": True, "reason": "no champion yet"}
+    decision["previous_version"] = int(current.version)
+    try:
+        previous = float(current.tags[f"eval.{metric}"])
+    except (KeyError, ValueError):
+        return {**decision, "promoted": True, "reason": f"champion v{current.version} has no eval.{metric} tag"}
+    decision["previous_value"] = previous if math.isfinite(previous) else None
+    promoted = not math.isfinite(previous) or value > previous
+    reason = (f"{metric} {value:.4f} {'>' if promoted else '<='} champion v{current.version}'s {previous:.4f}")
+    return {**decision, "promoted": promoted, "reason": reason}
+
+
+def run_register(*, cfg, trained_dir: str | Path = paths.TRAINED_DIR, base_model_dir: str | Path | None,
+                 eval_metrics_path: str | Path = paths.EVAL_METRICS, run_info_path: str | Path = paths.RUN_INFO,
+                 metrics_path: str | Path = paths.REGISTER_INFO) -> dict:
+    """Log + register the trained model, set aliases; returns what it wrote to `metrics_path`."""
+    reg = cfg.register
+    if not reg.enabled:
+        result = {"registered": False, "reason": "register.enabled=false"}
+        write_json_atomic(metrics_path, result)
+        return result
+    from mlflow import MlflowClient, register_model
+
+    from tarpo.serving import log_tarpo_model
+    from tarpo.tracking import check_tracking_uri
+
+    check_tracking_uri(cfg.tracking.uri)
+    run_id = _read_json(run_info_path, "train").get("run_id")
+    if not run_id:
+        raise RegisterError(f"{run_info_path} has no run_id; train with tracking.enabled=true before registering")
+    value = metric_value(_read_json(eval_metrics_path, "evaluate"), reg.champion_metric, eval_metrics_path)
+    model_uri = log_tarpo_model(run_id, trained_dir=trained_dir, base_model_dir=base_model_dir, model_cfg=cfg.model,
+                                router_cfg=cfg.router, rollout_cfg=cfg.rollout, tracking_uri=cfg.tracking.uri,
+                                system_prompt=cfg.data.system_prompt)
+    version = register_model(model_uri, reg.name, tags={f"eval.{reg.champion_metric}": repr(value), "run_id": run_id})
+    client = MlflowClient(tracking_uri=cfg.tracking.uri, registry_uri=cfg.tracking.uri)
+    for alias in reg.aliases:
+        client.set_registered_model_alias(reg.name, alias, version.version)
+    decision = champion_decision(client, reg.name, reg.champion_alias, reg.champion_metric, value, version.version)
+    aliases = list(reg.aliases)
+    if decision["promoted"]:
+        client.set_registered_model_alias(reg.name, reg.champion_alias, version.version)
+        aliases.append(reg.champion_alias)
+    result = {"registered": True, "name": reg.name, "version": int(version.version), "run_id": run_id,
+              "model_uri": model_uri, "aliases": aliases, "champion": decision}
+    write_json_atomic(metrics_path, result)
+    return result
