@@ -234,10 +234,15 @@ def choose_step(settings: RolloutSettings, embedding_weight: torch.Tensor, logit
     open_ = _open_decisions(settings, alive & ~ends_now, marker_seen, state.soft_used, state.soft_run)
     soft, router_logp = _sample_decisions(settings, router_logits, router_u, open_)
     k = min(settings.soft_top_k, log_q.shape[-1])
-    topk_ids, topk_weights = topk_mixture_weights(log_q, k)
-    topk_ids = torch.where(soft.unsqueeze(-1), topk_ids, torch.zeros_like(topk_ids))
-    topk_weights = torch.where(soft.unsqueeze(-1), topk_weights, torch.zeros_like(topk_weights))
-    next_embeds = mix_inputs_dense(embedding_weight, tokens, topk_ids, topk_weights, soft)
+    if settings.router_mode == "hard":  # no soft step can happen: skip the vocabulary-wide top-k
+        topk_ids = torch.zeros(tokens.shape[0], k, dtype=torch.long, device=tokens.device)
+        topk_weights = torch.zeros(tokens.shape[0], k, dtype=torch.float32, device=tokens.device)
+        next_embeds = embedding_weight[tokens]
+    else:
+        topk_ids, topk_weights = topk_mixture_weights(log_q, k)
+        topk_ids = torch.where(soft.unsqueeze(-1), topk_ids, torch.zeros_like(topk_ids))
+        topk_weights = torch.where(soft.unsqueeze(-1), topk_weights, torch.zeros_like(topk_weights))
+        next_embeds = mix_inputs_dense(embedding_weight, tokens, topk_ids, topk_weights, soft)
 
     state.finished = state.finished | ends_now
     state.soft_used = state.soft_used + soft.long()
