@@ -34,7 +34,6 @@ import argparse
 import cProfile
 import io
 import os
-import platform
 import pstats
 import statistics
 import sys
@@ -46,6 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import machine_info, model_slug  # noqa: E402
 from tarpo.io import write_json_atomic  # noqa: E402
 from tarpo.marker import MarkerMatcher  # noqa: E402
 from tarpo.models import load_model_and_tokenizer, resolve_model  # noqa: E402
@@ -55,27 +55,6 @@ from tarpo.router import Router  # noqa: E402
 
 TEMPERATURE = 0.5
 MARKER = "####"
-
-
-def machine_info() -> dict:
-    cpu_model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import transformers
-
-    return {"cpu_count": os.cpu_count(), "cpu_model": cpu_model, "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "load_average_start": list(os.getloadavg())}
-
-
-def model_slug(name: str) -> str:
-    return Path(name).stem if ("/" in name or name.endswith(".gguf")) else name
 
 
 def load_backbone(name: str):

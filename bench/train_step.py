@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -47,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tarpo.data import synthetic_problems  # noqa: E402
+from bench.common import machine_info, model_slug  # noqa: E402
 from tarpo.io import write_json_atomic  # noqa: E402
 from tarpo.marker import MarkerMatcher  # noqa: E402
 from tarpo.models import DEFAULT_LORA_TARGETS, apply_lora, load_model_and_tokenizer, resolve_model  # noqa: E402
@@ -60,27 +60,6 @@ TEMPERATURE = 0.5
 LORA = dict(rank=16, alpha=32, dropout=0.0)
 LR = 1e-5
 MAX_GRAD_NORM = 0.1
-
-
-def machine_info() -> dict:
-    cpu_model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import transformers
-
-    return {"cpu_count": os.cpu_count(), "cpu_model": cpu_model, "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "load_average_start": list(os.getloadavg())}
-
-
-def model_slug(name: str) -> str:
-    return Path(name).stem if ("/" in name or name.endswith(".gguf")) else name
 
 
 def hash_reward(text: str) -> float:
