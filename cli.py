@@ -130,5 +130,180 @@ def models_pull(
     typer.echo(f"pulled {name} -> {saved}")
 
 
+# ---------------------------------------------------------------------------------------- stages
+ResumeOption = Annotated[bool, typer.Option("--resume/--no-resume",
+                                            help="Continue from checkpoints/ of an interrupted run with the same params.")]
+StepsOption = Annotated[Optional[int], typer.Option("--steps", help="Shorthand for --set train.steps=N.", min=1)]
+
+
+def _stage_params(params: Path, sets: Optional[list[str]], model: Optional[str] = None,
+                  steps: Optional[int] = None) -> TarpoConfig:
+    """Validated, resolved config for a stage; any problem is a user error (exit 2) before any work."""
+    extra = [f"train.steps={steps}"] if steps is not None else []
+    return load_params(params, [*(sets or []), *extra], model)
+
+
+def _stage_errors() -> tuple[type[BaseException], ...]:
+    """Errors a stage raises for the user: missing inputs, unreachable tracking store, data problems."""
+    found: list[type[BaseException]] = [FileNotFoundError]
+    for module, name in (("tarpo.tracking", "TrackingUnavailable"), ("tarpo.data", "DataError"),
+                         ("pipeline.register", "RegisterError"), ("tarpo.checkpoint", "CheckpointError")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+@contextlib.contextmanager
+def stage_errors() -> Iterator[None]:
+    """user_errors() plus the stage-level errors (missing file, tracking store down), one line each."""
+    with user_errors():
+        try:
+            yield
+        except _stage_errors() as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(USER_ERROR_EXIT) from None
+
+
+@app.command()
+def prepare(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None) -> None:
+    """Stage 1: read the `data` section, write data/prepared/{train,eval}.jsonl and metrics/prepare.json."""
+    from pipeline.prepare import run_prepare
+
+    with stage_errors():
+        cfg = _stage_params(params, sets)
+        stats = run_prepare(data_cfg=cfg.data)
+    typer.echo(f"prepared {stats['train_count']} train / {stats['eval_count']} eval records")
+
+
+@app.command()
+def warmup(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model: ModelOption = None) -> None:
+    """Stage 2: supervised warm-up of `tiny` on worked solutions (skipped for real presets)."""
+    from pipeline.warmup import run_warmup
+
+    with stage_errors():
+        cfg = _stage_params(params, sets, model)
+        result = run_warmup(cfg=cfg)
+    typer.echo("warm-up skipped (preset weights are the start)" if not result.get("ran")
+               else f"warm-up done: final loss {result['final_loss']:.3f}")
+
+
+@app.command()
+def train(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model: ModelOption = None,
+          resume: ResumeOption = True, steps: StepsOption = None) -> None:
+    """Stage 3: TARPO training; re-launches through `accelerate launch` when train.num_processes > 1."""
+    from pipeline import train as stage
+    from pipeline.common import check_tracking
+
+    with stage_errors():
+        cfg = _stage_params(params, sets, model, steps)
+        if stage.needs_launch(cfg):
+            _launch(cfg, params, sets, model, resume, steps)
+            return
+        check_tracking(cfg.tracking)
+        if cfg.model.path is None:  # a missing preset must fail in seconds, before data or tracking work
+            _models().resolve_model(cfg.model.preset, None)
+        metrics = stage.run_train(cfg=cfg, resume=resume, params_path=params)
+    if metrics:
+        typer.echo(f"trained {metrics.get('steps')} steps -> models/tarpo")
+
+
+def _launch(cfg: TarpoConfig, params: Path, sets, model, resume: bool, steps) -> None:
+    """Run this same `train` command under `accelerate launch` (one process per device)."""
+    import os
+    import subprocess
+
+    import torch
+
+    from pipeline import paths
+    from pipeline import train as stage
+    from pipeline.common import check_tracking
+
+    check_tracking(cfg.tracking)
+    stage.prepare_checkpoints(paths.CHECKPOINT_DIR, stage.params_hash(cfg, paths.TRAIN_DATA, paths.WARMUP_DIR), resume)
+    argv = ["train", "--params", str(params), *[f"--set={s}" for s in sets or []],
+            *(["--model", model] if model else []), "--resume" if resume else "--no-resume",
+            *(["--steps", str(steps)] if steps else [])]
+    cmd = stage.launch_command(cfg, argv, cuda=torch.cuda.is_available())
+    typer.echo("launching: accelerate launch " + " ".join(cmd[3:]))
+    code = subprocess.call(cmd, env={**os.environ, stage.LAUNCHED_ENV: "1"})
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def evaluate(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model: ModelOption = None) -> None:
+    """Stage 4: evaluate the warm-up and TARPO models on the held-out split -> metrics/eval.json."""
+    from pipeline.evaluate import run_evaluate
+
+    with stage_errors():
+        cfg = _stage_params(params, sets, model)
+        m = run_evaluate(cfg=cfg)
+    typer.echo(f"avg@k before TARPO {m['warmup/avg_at_k']:.3f} (+-{m['warmup/stderr']:.3f}), after "
+               f"{m['tarpo/avg_at_k']:.3f} (+-{m['tarpo/stderr']:.3f}); improvement {m['improvement']:+.3f} "
+               f"+- {m['improvement_stderr']:.3f}")
+
+
+@app.command()
+def register(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model: ModelOption = None) -> None:
+    """Stage 5: log the TARPO model to MLflow, register a version, set aliases (candidate, champion)."""
+    with stage_errors():
+        cfg = _stage_params(params, sets, model)
+        result = _register(cfg)
+    if result.get("registered"):
+        typer.echo(f"registered {result['name']} version {result['version']} (aliases: {', '.join(result['aliases'])})")
+    else:
+        typer.echo(f"not registered: {result.get('reason')}")
+
+
+def _register(cfg: TarpoConfig) -> dict:
+    from pipeline import paths
+    from pipeline.common import warmup_model_dir
+    from pipeline.register import run_register
+
+    base = warmup_model_dir(paths.WARMUP_DIR) if cfg.register.enabled else None
+    return run_register(cfg=cfg, base_model_dir=base)
+
+
+@app.command("run")
+def run_all(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model: ModelOption = None,
+            resume: ResumeOption = True, steps: StepsOption = None) -> None:
+    """All stages in order without DVC: prepare, warmup, train, evaluate, register."""
+    prepare(params, sets)
+    warmup(params, sets, model)
+    train(params, sets, model, resume, steps)
+    evaluate(params, [*(sets or []), *([f"train.steps={steps}"] if steps else [])], model)
+    register(params, [*(sets or []), *([f"train.steps={steps}"] if steps else [])], model)
+
+
+@app.command()
+def compare(last: Annotated[int, typer.Option("--last", "-n", min=1, help="How many recent runs.")] = 5,
+            params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None) -> None:
+    """The last N MLflow runs side by side: key params and metrics."""
+    with stage_errors():
+        cfg = _stage_params(params, sets)
+        from pipeline.compare import compare_runs
+
+        typer.echo(compare_runs(cfg.tracking, last=last))
+
+
+@app.command()
+def ui(port: Annotated[int, typer.Option("--port", help="Port for the MLflow UI.")] = 5000,
+       host: Annotated[str, typer.Option("--host", help="Interface to bind; 0.0.0.0 exposes it to the network.")]
+       = "127.0.0.1",
+       params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None) -> None:
+    """Start the MLflow UI on the configured store (127.0.0.1 unless --host says otherwise)."""
+    import subprocess
+
+    with stage_errors():
+        cfg = _stage_params(params, sets)
+        from pipeline.ui import ui_command
+
+        argv = ui_command(cfg.tracking, host, port)
+    typer.echo(f"MLflow UI on http://{host}:{port} (store {cfg.tracking.uri}); Ctrl-C to stop")
+    raise typer.Exit(subprocess.call(argv))
+
+
 if __name__ == "__main__":
     sys.exit(app())

@@ -1,0 +1,34 @@
+"""Every path a stage reads or writes, defined once; dvc.yaml names the same strings (a test compares them)."""
+
+from __future__ import annotations
+
+PARAMS = "params.yaml"
+
+# prepare
+PREPARED_DIR = "data/prepared"
+TRAIN_DATA = f"{PREPARED_DIR}/train.jsonl"
+EVAL_DATA = f"{PREPARED_DIR}/eval.jsonl"
+PREPARE_METRICS = "metrics/prepare.json"
+
+# warmup
+WARMUP_DIR = "models/warmup"                 # HF model dir, or only WARMUP_MARKER when the stage was skipped
+WARMUP_MARKER = "warmup.json"                # inside WARMUP_DIR: {"ran": bool, ...}
+WARMUP_METRICS = "metrics/warmup.json"
+WARMUP_PLOT = "plots/warmup.csv"
+
+# train
+CHECKPOINT_DIR = "checkpoints"               # persistent: a killed train run resumes from here
+TRAINED_DIR = "models/tarpo"                 # adapter + routers (+ base reference), written atomically
+TRAIN_METRICS = "metrics/train.json"
+TRAIN_PLOT = "plots/train.csv"
+RUN_INFO = "outputs/run_info.json"           # tracking run id + params hash for evaluate / register
+
+# evaluate
+EVAL_METRICS = "metrics/eval.json"
+EVAL_DIR = "eval"                            # per-problem jsonl files
+EVAL_PLOT = "plots/eval.csv"
+
+# register
+REGISTER_INFO = "metrics/register.json"
+
+MODELS_DIR = "models"                        # presets materialised by `models pull` / built tiny

@@ -1,0 +1,225 @@
+"""train stage: TARPO on the prepared train split, starting from the warm-up model (or the preset).
+
+Reads `data` (prompt format), `model`, `router`, `rollout`, `train`, `tracking` and the warm-up output.
+Writes: `checkpoints/` (persistent; a killed run resumes from it when the params hash matches),
+`models/tarpo/` (adapter + routers + base.json, atomically), `metrics/train.json`, `plots/train.csv`
+(one row per step) and `outputs/run_info.json` (tracking run id for evaluate and register).
+With train.num_processes > 1 or train.accelerate_config set, cli.py re-launches itself through
+`accelerate launch` (see `launch_command`); this module then runs once per process.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from pipeline import paths
+from pipeline.common import (check_tracking, chat_prompts, file_sha256, open_run, require_file, warmup_model_dir,
+                             write_dir_atomic)
+from tarpo.io import write_json_atomic, write_text_atomic
+
+LAUNCHED_ENV = "TARPO_ACCELERATE_CHILD"   # set on processes started by launch_command
+HASH_FILE = "params.sha256"                # inside the checkpoint dir
+STEP_LOG = "steps.jsonl"                   # inside the checkpoint dir: per-step rows, survives a kill
+PLOT_COLUMNS = ("step", "reward_mean", "reward_std", "accuracy", "soft_ratio", "completion_length",
+                "explicit_length", "kl_token", "kl_router", "token_entropy", "router_entropy", "lr",
+                "grad_norm", "step_seconds")
+HASHED_SECTIONS = ("data", "model", "router", "rollout", "warmup", "train")
+UNHASHED_TRAIN_KEYS = ("checkpoint_every", "keep_checkpoints", "log_samples_every", "num_processes",
+                       "accelerate_config")
+
+
+# ------------------------------------------------------------------------------------ launching
+def needs_launch(cfg) -> bool:
+    """True when this process should re-launch itself through `accelerate launch`."""
+    multi = cfg.train.num_processes > 1 or cfg.train.accelerate_config is not None
+    return multi and os.environ.get(LAUNCHED_ENV) != "1"
+
+
+def launch_command(cfg, argv: list[str], *, cuda: bool) -> list[str]:
+    """`accelerate launch --num_processes N [--config_file F] [--cpu] cli.py <argv>` as an argv list."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.train.num_processes)]
+    if cfg.train.accelerate_config:
+        config = Path(cfg.train.accelerate_config)
+        if not config.is_file():
+            raise FileNotFoundError(f"train.accelerate_config: {config} not found (see configs/accelerate/)")
+        cmd += ["--config_file", str(config)]
+    if not cuda:
+        cmd.append("--cpu")
+    return cmd + [str(Path(__file__).resolve().parents[1] / "cli.py"), *argv]
+
+
+# ------------------------------------------------------------------------------------ resume
+def params_hash(cfg, train_path: str | Path, warmup_dir: str | Path) -> str:
+    """Hash of everything that changes the training trajectory (config sections + data + start weights)."""
+    import hashlib
+
+    dump = cfg.model_dump(mode="json")
+    sections = {name: dump[name] for name in HASHED_SECTIONS}
+    for key in UNHASHED_TRAIN_KEYS:
+        sections["train"].pop(key, None)
+    marker = Path(warmup_dir) / paths.WARMUP_MARKER
+    sections["_inputs"] = {"train_data": file_sha256(train_path),
+                           "warmup": file_sha256(marker) if marker.is_file() else None}
+    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
+
+
+def prepare_checkpoints(checkpoint_dir: str | Path, digest: str, resume: bool, log=print) -> None:
+    """Keep the checkpoints of an interrupted run with the same params; otherwise start fresh."""
+    root = Path(checkpoint_dir)
+    stored = (root / HASH_FILE).read_text().strip() if (root / HASH_FILE).is_file() else None
+    has_any = root.is_dir() and any(root.iterdir())
+    if has_any and (not resume or stored != digest):
+        why = "--no-resume" if not resume else f"params changed (checkpoint hash {str(stored)[:12]}, now {digest[:12]})"
+        log(f"starting fresh: {why}; removing {root}/")
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(root / HASH_FILE, digest + "\n")
+
+
+def _read_step_log(path: Path, upto: int) -> list[dict]:
+    """Per-step rows already recorded, cut at the resumed step (rows after the checkpoint are replayed)."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["step"] <= upto]
+
+
+def _plot_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=PLOT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in PLOT_COLUMNS})
+    return buffer.getvalue()
+
+
+def summary_metrics(rows: list[dict], last: int = 5) -> dict[str, float]:
+    """metrics/train.json: steps, and the mean of the last `last` steps for the curves people compare."""
+    if not rows:
+        return {"steps": 0}
+    tail = rows[-last:]
+    keys = ("reward_mean", "accuracy", "soft_ratio", "completion_length", "kl_token", "router_entropy")
+    out = {"steps": rows[-1]["step"], "first_reward_mean": rows[0].get("reward_mean", 0.0)}
+    for key in keys:
+        values = [r[key] for r in tail if isinstance(r.get(key), (int, float))]
+        if values:
+            out[f"{key}_last{last}"] = sum(values) / len(values)
+    return out
+
+
+def _open_train_run(tracking_cfg, run_id: str | None, tags: dict, log):
+    """Continue the checkpoint's run; a run the store does not know (e.g. tracking was off) starts a new one."""
+    from tarpo.tracking import TrackingUnavailable
+
+    try:
+        return open_run(tracking_cfg, run_id=run_id, tags=tags, stage="train")
+    except TrackingUnavailable as exc:
+        if run_id is None or "cannot resume" not in str(exc):
+            raise
+        log(f"{exc}; logging the resumed training to a new run")
+        return open_run(tracking_cfg, run_id=None, tags=tags, stage="train")
+
+
+# ------------------------------------------------------------------------------------ the stage
+def build_trainer(cfg, records, base: Path | None, checkpoint_dir: Path, models_dir, log):
+    """(TarpoTrainer, resolved model) for the config: policy from the warm-up output or the preset."""
+    from tarpo.factory import load_policy
+    from tarpo.rewards import make_reward_fn
+    from tarpo.rollout import RolloutSettings
+    from tarpo.trainer import TarpoTrainer, TrainSettings
+
+    policy, tokenizer, resolved = load_policy(cfg.model, cfg.router, seed=cfg.train.seed, base_path=base,
+                                              models_dir=models_dir)
+    reward = make_reward_fn(marker=cfg.rollout.answer_marker)
+    trainer = TarpoTrainer(
+        policy, tokenizer, chat_prompts(tokenizer, [r.prompt for r in records], cfg.data, cfg.rollout),
+        [r.answer for r in records], lambda texts, golds, ro: [float(x) for x in reward(texts, golds, ro)],
+        settings=TrainSettings.from_config(cfg),
+        rollout_settings=RolloutSettings.from_config(cfg.rollout, cfg.router, tokenizer, policy.vocab_size),
+        output_dir=checkpoint_dir.parent, log=log)  # the trainer keeps checkpoints in <output_dir>/checkpoints
+    if trainer.checkpoint_dir != checkpoint_dir:
+        raise ValueError(f"checkpoint dir {checkpoint_dir} must be named 'checkpoints' (the trainer's layout)")
+    return trainer, resolved
+
+
+def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAMS,
+              train_path: str | Path = paths.TRAIN_DATA, warmup_dir: str | Path = paths.WARMUP_DIR,
+              checkpoint_dir: str | Path = paths.CHECKPOINT_DIR, trained_dir: str | Path = paths.TRAINED_DIR,
+              metrics_path: str | Path = paths.TRAIN_METRICS, plot_path: str | Path = paths.TRAIN_PLOT,
+              run_info_path: str | Path = paths.RUN_INFO, models_dir: str | Path = paths.MODELS_DIR,
+              log=print, progress: bool = True) -> dict:
+    """Train (resuming when possible), export the weights and write metrics; returns metrics/train.json."""
+    check_tracking(cfg.tracking)
+    from tarpo.data import read_prepared
+
+    records = read_prepared(require_file(train_path, "prepare"))
+    base = warmup_model_dir(warmup_dir)
+    checkpoint_dir = Path(checkpoint_dir)
+    child = os.environ.get(LAUNCHED_ENV) == "1"
+    digest = params_hash(cfg, train_path, warmup_dir)
+    if not child:  # the launcher already did this before starting the processes
+        prepare_checkpoints(checkpoint_dir, digest, resume, log)
+
+    trainer, resolved = build_trainer(cfg, records, base, checkpoint_dir, models_dir, log)
+    resumed = trainer.resume() if resume else False
+    main = trainer.accelerator.is_main_process
+    tracker = None
+    if main:
+        tags = {"stage": "train", "preset": cfg.model.preset, "params_hash": digest[:12]}
+        tracker = _open_train_run(cfg.tracking, trainer.state.run_id if resumed else None, tags, log)
+        run_id = getattr(tracker, "run_id", None)
+        if run_id:
+            trainer.state.run_id = run_id
+        if not resumed:
+            from tarpo.config import flatten_config
+
+            tracker.log_params(flatten_config(cfg))
+            if Path(params_path).is_file():
+                tracker.log_artifact(str(params_path))
+        trainer.tracker = tracker
+    step_log = checkpoint_dir / STEP_LOG
+    rows = _read_step_log(step_log, trainer.state.step)
+    if main:
+        write_text_atomic(step_log, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def on_step(step: int, metrics: dict) -> None:
+        row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        row.setdefault("accuracy", row.get("reward_mean", 0.0))  # the default reward is 0/1 correctness
+        rows.append(row)
+        with open(step_log, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    started = time.perf_counter()
+    status = "FAILED"
+    try:
+        trainer.train(on_step=on_step, progress=progress)
+        status = "FINISHED"
+    finally:
+        if tracker is not None and status == "FAILED":
+            tracker.close(status)
+    if not main:
+        return {}
+    info = {"run_id": trainer.state.run_id, "params_hash": digest, "steps": trainer.state.step,
+            "base_model": str(base) if base else str(resolved.path), "preset": cfg.model.preset,
+            "tracking_uri": cfg.tracking.uri if cfg.tracking.enabled else None}
+
+    def write(tmp: Path) -> None:
+        trainer.export(tmp)
+        write_json_atomic(tmp / "base.json", {k: info[k] for k in ("base_model", "preset", "run_id")})
+
+    write_dir_atomic(trained_dir, write)
+    metrics = {**summary_metrics(rows), "resumed": int(resumed), "train_seconds": time.perf_counter() - started}
+    write_text_atomic(plot_path, _plot_csv(rows))
+    write_json_atomic(metrics_path, metrics)
+    write_json_atomic(run_info_path, info)
+    tracker.log_artifact(str(plot_path))
+    tracker.log_metrics({f"train/{k}": float(v) for k, v in metrics.items()})
+    tracker.close("FINISHED")
+    return metrics
