@@ -43,14 +43,18 @@ def needs_launch(cfg) -> bool:
 
 
 def launch_command(cfg, argv: list[str], *, cuda: bool) -> list[str]:
-    """`accelerate launch --num_processes N [--config_file F] [--cpu] cli.py <argv>` as an argv list."""
+    """`accelerate launch --num_processes N [--config_file F | --multi_gpu | --cpu] cli.py <argv>` as an argv list."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.train.num_processes)]
     if cfg.train.accelerate_config:
         config = Path(cfg.train.accelerate_config)
         if not config.is_file():
             raise FileNotFoundError(f"train.accelerate_config: {config} not found (see configs/accelerate/)")
         cmd += ["--config_file", str(config)]
-    if not cuda:
+    elif cfg.train.num_processes > 1:
+        # torchrun-based launcher; on a CPU-only machine the processes use the gloo backend. (accelerate's
+        # `--cpu` launcher starts several processes only through MPI and otherwise runs ONE process.)
+        cmd.append("--multi_gpu")
+    elif not cuda:
         cmd.append("--cpu")
     return cmd + [str(Path(__file__).resolve().parents[1] / "cli.py"), *argv]
 

@@ -52,7 +52,7 @@ class SyntheticConfig(BaseModel):
     min_ops: int = Field(2, ge=1, description="Fewest arithmetic operations per generated problem.")
     max_ops: int = Field(3, ge=1, description="Most arithmetic operations per generated problem.")
     max_operand: int = Field(20, ge=1, description="Largest operand value in generated problems.")
-    level: int = Field(1, ge=1, description="Difficulty level of the wording (1 = plain expressions).")
+    level: int = Field(1, ge=1, description="Difficulty level L: adds L-1 operations and scales operands by L (1 = the knobs as given).")
 
     @model_validator(mode="after")
     def _ops_order(self) -> "SyntheticConfig":
@@ -111,7 +111,7 @@ class LoraConfig(BaseModel):
     enabled: bool = Field(True, description="Train a LoRA adapter (false = train the router only).")
     rank: int = Field(32, ge=1, description="LoRA rank r.")
     alpha: float = Field(64.0, gt=0, description="LoRA alpha (scale = alpha / rank).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout probability.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout probability (0 keeps the training forward equal to the rollout's).")
     targets: list[str] = Field(default_factory=lambda: list(LORA_TARGETS), min_length=1,
                                description="Module names to adapt; default all attention and MLP projections.")
 

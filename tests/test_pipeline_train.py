@@ -56,7 +56,8 @@ def test_launch_command_and_when_to_launch(monkeypatch):
     assert stage.needs_launch(cfg) and not stage.needs_launch(load_config(ROOT / "params.yaml"))
     cmd = stage.launch_command(cfg, ["train", "--resume"], cuda=False)
     assert cmd[:5] == [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2"]
-    assert "--cpu" in cmd and cmd[-2:] == ["train", "--resume"] and cmd[-3].endswith("cli.py")
+    assert "--multi_gpu" in cmd and "--cpu" not in cmd  # --cpu would start one process without MPI
+    assert cmd[-2:] == ["train", "--resume"] and cmd[-3].endswith("cli.py")
     with_config = load_config(ROOT / "params.yaml", ["train.accelerate_config=configs/accelerate/multi_gpu.yaml"])
     monkeypatch.chdir(ROOT)
     assert "--config_file" in stage.launch_command(with_config, [], cuda=True)
