@@ -36,15 +36,20 @@ ModelOption = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="Preset name (models list) or local model directory; shorthand for model.preset/path.")]
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    """Exception classes whose message is meant for the user (imported lazily: models pulls in torch)."""
-    found: list[type[BaseException]] = [ConfigError]
-    for module, name in (("tarpo.models", "ModelNotAvailable"), ("tarpo.router", "RouterLoadError")):
+def _lazy_error_types(base: type[BaseException], names: tuple[tuple[str, str], ...]) -> tuple[type[BaseException], ...]:
+    """`base` plus the exception classes (module, name) that import; imported lazily (models pulls in torch)."""
+    found: list[type[BaseException]] = [base]
+    for module, name in names:
         try:
             found.append(getattr(importlib.import_module(module), name))
         except (ImportError, AttributeError):
             pass
     return tuple(found)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Exception classes whose message is meant for the user."""
+    return _lazy_error_types(ConfigError, (("tarpo.models", "ModelNotAvailable"), ("tarpo.router", "RouterLoadError")))
 
 
 @contextlib.contextmanager
@@ -145,14 +150,9 @@ def _stage_params(params: Path, sets: Optional[list[str]], model: Optional[str] 
 
 def _stage_errors() -> tuple[type[BaseException], ...]:
     """Errors a stage raises for the user: missing inputs, unreachable tracking store, data problems."""
-    found: list[type[BaseException]] = [FileNotFoundError]
-    for module, name in (("tarpo.tracking", "TrackingUnavailable"), ("tarpo.data", "DataError"),
-                         ("pipeline.register", "RegisterError"), ("tarpo.checkpoint", "CheckpointError")):
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(found)
+    return _lazy_error_types(FileNotFoundError, (
+        ("tarpo.tracking", "TrackingUnavailable"), ("tarpo.data", "DataError"),
+        ("pipeline.register", "RegisterError"), ("tarpo.checkpoint", "CheckpointError")))
 
 
 @contextlib.contextmanager
