@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from tarpo.rollout import (DecodeState, Rollout, RolloutSettings, choose_step, draw_uniforms, prompt_positions,
-                           rollout as eager_rollout)
+                           rollout_from_records, rollout as eager_rollout)
 
 ENGINES = ("auto", "eager", "fast")
 SUPPORTED_ATTENTION = ("sdpa", "eager")
@@ -217,14 +217,7 @@ class _DecodeEngine:
     def record(self, prompt_ids, prompt_mask, steps: int) -> Rollout:
         """Trim the (B, T_max) records to the steps the eager loop would have run and build the Rollout."""
         out = {name: buffer[:, :steps].clone() for name, buffer in self.records.items()}
-        soft = out["soft"]
-        return Rollout(
-            prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=out["token_ids"],
-            completion_mask=out["alive"], token_logp=out["token_logp"], soft_mask=soft,
-            decision_mask=out["decided"], router_logp=out["router_logp"], topk_ids=out["topk_ids"],
-            topk_weights=out["topk_weights"],
-            stop_reason=tuple("eos" if f else "max_tokens" for f in self.finished.tolist()),
-            soft_counts=soft.long().sum(1))
+        return rollout_from_records(prompt_ids, prompt_mask, out, self.finished)
 
 
 def _engine_for(policy, settings, batch: int, prompt_len: int, compile: bool) -> _DecodeEngine:

@@ -250,19 +250,25 @@ def choose_step(settings: RolloutSettings, embedding_weight: torch.Tensor, logit
     return StepResult(tokens, token_logp, alive, soft, open_, router_logp, topk_ids, topk_weights, next_embeds)
 
 
-def stack_steps(prompt_ids, prompt_mask, steps: list[StepResult], finished: torch.Tensor) -> Rollout:
-    """Assemble per-step results into a Rollout record."""
-    stacked = {name: torch.stack([getattr(s, name) for s in steps], dim=1)
-               for name in ("token_ids", "token_logp", "alive", "soft", "decided", "router_logp",
-                            "topk_ids", "topk_weights")}
-    soft = stacked["soft"]
+RECORD_NAMES = ("token_ids", "token_logp", "alive", "soft", "decided", "router_logp", "topk_ids", "topk_weights")
+
+
+def rollout_from_records(prompt_ids, prompt_mask, records: dict[str, torch.Tensor], finished: torch.Tensor) -> Rollout:
+    """Build the Rollout from per-step records stacked to (B, T, ...), keyed by StepResult field names."""
+    soft = records["soft"]
     return Rollout(
-        prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=stacked["token_ids"],
-        completion_mask=stacked["alive"], token_logp=stacked["token_logp"], soft_mask=soft,
-        decision_mask=stacked["decided"], router_logp=stacked["router_logp"], topk_ids=stacked["topk_ids"],
-        topk_weights=stacked["topk_weights"],
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=records["token_ids"],
+        completion_mask=records["alive"], token_logp=records["token_logp"], soft_mask=soft,
+        decision_mask=records["decided"], router_logp=records["router_logp"], topk_ids=records["topk_ids"],
+        topk_weights=records["topk_weights"],
         stop_reason=tuple("eos" if f else "max_tokens" for f in finished.tolist()),
         soft_counts=soft.long().sum(1))
+
+
+def stack_steps(prompt_ids, prompt_mask, steps: list[StepResult], finished: torch.Tensor) -> Rollout:
+    """Assemble per-step results of the eager loop into a Rollout record."""
+    stacked = {name: torch.stack([getattr(s, name) for s in steps], dim=1) for name in RECORD_NAMES}
+    return rollout_from_records(prompt_ids, prompt_mask, stacked, finished)
 
 
 @torch.no_grad()
