@@ -4,6 +4,11 @@ q_t = softmax(filter(z_t / tau)) with optional top-k and top-p filters (DESIGN.m
 The same function serves the rollout (to sample) and the training forward (to score), so the policy
 gradient is taken for the distribution that produced the data (fixes reference B7).
 
+The token KL is NOT scored under q_t: top-k / top-p give the policy and the reference different supports,
+and KL(q_theta || q_ref) is infinite as soon as the policy keeps a token the reference filtered out. The KL
+compares the tempered, unfiltered distributions p_t = softmax(z_t / tau) instead (`tempered_logprobs`),
+which share the full vocabulary as support (see `tarpo.objective.k3`).
+
 Sampling uses Gumbel-max with uniforms drawn from an explicit `torch.Generator`: the eager rollout and
 the CUDA fast path consume the random stream identically and therefore pick identical tokens.
 """
@@ -18,8 +23,29 @@ NEG_INF = float("-inf")
 LOGP_FLOOR = -1e4
 
 
+def tempered_logprobs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log p = log softmax(z / tau) over the whole vocabulary (no filter): what the token KL compares.
+
+    logits (..., V) -> (..., V) fp32, every entry finite.
+    """
+    return torch.log_softmax(logits.float() / temperature, dim=-1)
+
+
+def filters_active(vocab: int, top_k: int = 0, top_p: float = 1.0) -> bool:
+    """True when top-k or top-p removes tokens, i.e. q_t differs from the tempered p_t."""
+    return bool(top_k and 0 < top_k < vocab) or top_p < 1.0
+
+
 def sampling_logprobs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """log q over the vocabulary; filtered entries are -inf. logits (..., V) -> (..., V) fp32."""
+    """log q over the vocabulary; filtered entries are -inf. logits (..., V) -> (..., V) fp32.
+
+    top-k keeps every token whose scaled logit reaches the k-th largest (ties at the boundary are all kept);
+    top-p then keeps the smallest prefix, by decreasing probability, whose mass reaches top_p.
+
+    >>> log_q = sampling_logprobs(torch.tensor([2.0, 1.0, 0.0, 0.0]), temperature=1.0, top_k=2)
+    >>> [round(p, 4) for p in log_q.exp().tolist()]
+    [0.7311, 0.2689, 0.0, 0.0]
+    """
     scaled = logits.float() / temperature
     vocab = scaled.shape[-1]
     if top_k and 0 < top_k < vocab:
