@@ -7,6 +7,19 @@ For completion i with advantage A_i and per-token quantities at step t:
   router term  lambda * [ same clipped form on the router ratio + beta * k3 on the router ]   over decision_mask
 with rho = exp(logp_new - logp_old) and k3(ref, new) = exp(ref - new) - (ref - new) - 1.
 
+Which distributions each term uses:
+- the clipped ratio rho uses log q_t, the sampling distribution with its top-k / top-p filters (B7): the policy
+  gradient is taken for the distribution that produced the tokens;
+- the token KL compares the tempered, UNFILTERED distributions p_t = softmax(z_t / tau) of the policy and the
+  reference at the sampled tokens. Under filters the two policies have different supports and KL(q_theta || q_ref)
+  is infinite whenever the policy keeps a token the reference filtered out (the -1e4 log-prob floor made that
+  ~1e4 per token); p_t has the whole vocabulary as support, so the KL is finite and smooth, and with no filter
+  configured p_t = q_t and nothing changes. The samples come from q_theta rather than p_theta, a small
+  bias of the estimator that k3 tolerates (it stays >= 0 per sample). TRL's GRPO scores its KL the same way
+  (temperature-scaled logits, no filter).
+- log-ratios are zeroed wherever a mask excludes the step BEFORE exp, so padded or forced steps contribute
+  exactly 0 and never inf * 0 = NaN, in the value or in the gradient.
+
 Departures from the reference (tarpo-reference.md):
 1. The router term covers sampled decisions only (decision_mask); forced-hard steps add nothing (B5).
 2. `router.loss_weight` (lambda) scales the router KL too, and the router KL is reported (B11).
@@ -45,16 +58,33 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scaling: str = "gro
     return centred.reshape(-1)
 
 
-def k3(ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimator of KL(pi_theta || pi_ref) on samples from pi_theta; >= 0, 0 when equal."""
-    delta = ref_logp - logp
-    return torch.exp(delta) - delta - 1.0
+def k3(ref_logp: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi_theta || pi_ref) on samples from pi_theta; >= 0, 0 when equal.
+
+    Where `mask` is False the log-ratio is set to 0 before exp, so the term is exactly 0 there.
+
+    >>> k3(torch.tensor([-1.0, -2.0]), torch.tensor([-1.0, -50.0]), mask=torch.tensor([True, False])).tolist()
+    [0.0, 0.0]
+    >>> round(k3(torch.tensor([-1.0]), torch.tensor([-2.0])).item(), 6)  # e - 1 - 1
+    0.718282
+    """
+    delta = _masked_log_ratio(ref_logp, logp, mask)
+    return torch.expm1(delta) - delta
+
+
+def _masked_log_ratio(numerator: torch.Tensor, denominator: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """numerator - denominator, and 0 where mask is False (so a later exp cannot overflow there)."""
+    delta = numerator - denominator
+    return delta if mask is None else torch.where(mask.bool(), delta, torch.zeros_like(delta))
 
 
 def clipped_policy_term(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
-                        eps_low: float, eps_high: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-step PPO loss -min(rho A, clip(rho) A) and where clipping was active. logp (B, T), advantages (B,)."""
-    ratio = torch.exp(logp - logp_old)
+                        eps_low: float, eps_high: float, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-step PPO loss -min(rho A, clip(rho) A) and where clipping was active. logp (B, T), advantages (B,).
+
+    Where `mask` (B, T) is False the ratio is taken as 1 (log-ratio zeroed before exp); callers mask those steps out.
+    """
+    ratio = torch.exp(_masked_log_ratio(logp, logp_old, mask))
     adv = advantages.unsqueeze(-1)
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
@@ -97,7 +127,12 @@ class LossSettings:
 
 @dataclass(frozen=True)
 class LossInputs:
-    """Everything the loss reads for one micro-batch; all (B, T) except advantages (B,)."""
+    """Everything the loss reads for one micro-batch; all (B, T) except advantages (B,).
+
+    token_logp / old_token_logp are under the sampling distribution q_t (filters included);
+    tempered_token_logp / ref_token_logp under the tempered, unfiltered p_t (the KL's distribution).
+    tempered_token_logp None means "same as token_logp", which is exact when no top-k / top-p filter is set.
+    """
 
     token_logp: torch.Tensor
     router_logp: torch.Tensor
@@ -108,6 +143,7 @@ class LossInputs:
     advantages: torch.Tensor
     completion_mask: torch.Tensor
     decision_mask: torch.Tensor
+    tempered_token_logp: torch.Tensor | None = None
 
 
 def tarpo_loss(x: LossInputs, settings: LossSettings, norm: Normaliser) -> tuple[torch.Tensor, dict[str, tuple[float, float]]]:
@@ -115,20 +151,23 @@ def tarpo_loss(x: LossInputs, settings: LossSettings, norm: Normaliser) -> tuple
     mask = x.completion_mask.float()
     decided = (x.decision_mask & x.completion_mask).float()
     token_pg, token_clipped = clipped_policy_term(x.token_logp, x.old_token_logp, x.advantages,
-                                                  settings.clip_epsilon_low, settings.clip_epsilon_high)
+                                                  settings.clip_epsilon_low, settings.clip_epsilon_high,
+                                                  x.completion_mask)
     per_step = token_pg * mask
     stats = {"token_clip_fraction": _masked_sum(token_clipped.float(), mask)}
     if x.ref_token_logp is not None and settings.beta:
-        token_kl = k3(x.ref_token_logp, x.token_logp)
+        kl_logp = x.token_logp if x.tempered_token_logp is None else x.tempered_token_logp
+        token_kl = k3(x.ref_token_logp, kl_logp, x.completion_mask)
         per_step = per_step + settings.beta * token_kl * mask
         stats["kl_token"] = _masked_sum(token_kl.detach(), mask)
     if settings.router_weight:
         router_pg, router_clipped = clipped_policy_term(x.router_logp, x.old_router_logp, x.advantages,
-                                                        settings.clip_epsilon_low, settings.clip_epsilon_high)
+                                                        settings.clip_epsilon_low, settings.clip_epsilon_high,
+                                                        decided.bool())
         router_step = router_pg
         stats["router_clip_fraction"] = _masked_sum(router_clipped.float(), decided)
         if x.ref_router_logp is not None and settings.beta:
-            router_kl = k3(x.ref_router_logp, x.router_logp)
+            router_kl = k3(x.ref_router_logp, x.router_logp, decided.bool())
             router_step = router_step + settings.beta * router_kl
             stats["kl_router"] = _masked_sum(router_kl.detach(), decided)
         per_step = per_step + settings.router_weight * router_step * decided

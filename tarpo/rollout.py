@@ -25,7 +25,8 @@ import torch
 
 from tarpo.marker import MarkerMatcher
 from tarpo.mixing import mix_inputs, mix_inputs_dense, topk_mixture_weights
-from tarpo.sampling import entropy_from_logprobs, gather_logprob, gumbel_argmax, sampling_logprobs
+from tarpo.sampling import (entropy_from_logprobs, filters_active, gather_logprob, gumbel_argmax, sampling_logprobs,
+                            tempered_logprobs)
 
 ROUTER_MODES = ("tarpo", "hard", "soft-fixed")
 
@@ -304,7 +305,8 @@ def rollout(policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, sett
 
 @dataclass(frozen=True)
 class ReplayOutput:
-    token_logp: torch.Tensor      # (B, T) log q_theta(y_t), with gradient
+    token_logp: torch.Tensor      # (B, T) log q_theta(y_t) under the sampling distribution, with gradient
+    tempered_token_logp: torch.Tensor  # (B, T) log p_theta(y_t) under softmax(z / tau), NO filter (the KL's), with gradient
     router_logp: torch.Tensor     # (B, T) log pi_theta(a_t) of the recorded action, with gradient
     token_entropy: torch.Tensor   # (B, T)
     router_entropy: torch.Tensor  # (B, T)
@@ -335,8 +337,12 @@ def replay(policy, rollout_: Rollout, *, settings: RolloutSettings, module=None)
     token_logits, router_logits = (module or policy)(embeds, attention_mask, positions, prompt_len - 1)
     log_q = sampling_logprobs(token_logits, settings.temperature, settings.top_k, settings.top_p)
     token_logp = gather_logprob(log_q, rollout_.completion_ids)
+    tempered_token_logp = token_logp
+    if filters_active(log_q.shape[-1], settings.top_k, settings.top_p):
+        tempered_token_logp = tempered_logprobs(token_logits, settings.temperature).gather(
+            -1, rollout_.completion_ids.unsqueeze(-1)).squeeze(-1)
     token_entropy = entropy_from_logprobs(log_q.detach())
     router_log_p = torch.log_softmax(router_logits / settings.router_temperature, dim=-1)
     router_logp = router_log_p.gather(-1, rollout_.soft_mask.long().unsqueeze(-1)).squeeze(-1)
     router_entropy = -(router_log_p.exp() * router_log_p).sum(-1).detach()
-    return ReplayOutput(token_logp, router_logp, token_entropy, router_entropy)
+    return ReplayOutput(token_logp, tempered_token_logp, router_logp, token_entropy, router_entropy)

@@ -246,7 +246,7 @@ class TarpoTrainer:
         with torch.no_grad(), self.policy.reference():
             for chunk in rows:
                 out = replay(self.policy, batch.select(chunk), settings=self.rollout_settings)
-                tokens.append(out.token_logp)
+                tokens.append(out.tempered_token_logp)  # the KL compares unfiltered p_t (tarpo.objective)
                 routers.append(out.router_logp)
         return tokens, routers
 
@@ -269,7 +269,7 @@ class TarpoTrainer:
                 old_router_logp=out.router_logp.detach() if on_policy else part.router_logp,
                 ref_token_logp=ref[0][index] if ref[0] else None, ref_router_logp=ref[1][index] if ref[1] else None,
                 advantages=advantages[chunk].to(self.policy.device), completion_mask=part.completion_mask,
-                decision_mask=part.decision_mask)
+                decision_mask=part.decision_mask, tempered_token_logp=out.tempered_token_logp)
             loss, part_stats = tarpo_loss(inputs, s.loss, norm)
             finite &= bool(torch.isfinite(loss))
             acc.backward(loss * acc.num_processes)  # DDP averages gradients; the loss is a global sum

@@ -7,6 +7,7 @@ import torch
 
 from tarpo.objective import (LossInputs, LossSettings, Normaliser, aggregate, group_advantages, k3, merge_stats,
                              tarpo_loss)
+from tarpo.sampling import LOGP_FLOOR, gather_logprob, gumbel_argmax, sampling_logprobs, tempered_logprobs
 
 # 2 prompts x 2 completions = 4 rows, 3 steps each.
 REWARDS = [1.0, 0.0, 0.0, 1.0]
@@ -178,9 +179,10 @@ def test_k3_nonnegative_and_zero_at_equality():
     assert (k3(p.flip(0), p) >= 0).all()
 
 
-def test_micro_batches_add_up_to_full_batch():
+@pytest.mark.parametrize("aggregation", ["seq-mean", "token-mean", "dr-grpo"])
+def test_micro_batches_add_up_to_full_batch(aggregation):
     x, _, _ = inputs(clip=True)
-    settings = LossSettings(EPS_LOW, EPS_HIGH, BETA, LAMBDA, "token-mean")
+    settings = LossSettings(EPS_LOW, EPS_HIGH, BETA, LAMBDA, aggregation)
     norm = Normaliser(4, int(x.completion_mask.sum()), 3)
     full, _ = tarpo_loss(x, settings, norm)
     parts = 0.0
@@ -194,3 +196,82 @@ def test_micro_batches_add_up_to_full_batch():
 def test_unknown_aggregation():
     with pytest.raises(ValueError, match="aggregation"):
         aggregate(torch.zeros(1, 1), torch.ones(1, 1), "sum", Normaliser(1, 1, 1))
+
+
+# ---------------------------------------------------------------- token KL under top-k / top-p filters
+FILTERS = [dict(), dict(top_k=6), dict(top_p=0.8), dict(top_k=6, top_p=0.8)]
+FILTER_IDS = ["none", "top-k", "top-p", "both"]
+
+
+def filtered_batch(filters, temperature=0.8, rows=6, steps=5, vocab=24, seed=0):
+    """Policy and reference logits that disagree, tokens sampled from the FILTERED policy, padded rows, and
+    at (0, 0) a token the reference's filter removes (its filtered log-prob sits at the floor)."""
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(rows, steps, vocab, generator=g) * 2).requires_grad_()
+    ref_logits = logits.detach() + torch.randn(rows, steps, vocab, generator=g)
+    log_q = sampling_logprobs(logits, temperature, **filters)
+    ids = gumbel_argmax(log_q.detach(), torch.rand(rows, steps, vocab, generator=g))
+    ref_logits[0, 0, ids[0, 0]] = ref_logits[0, 0].min() - 30.0  # y is outside the reference's filtered support
+    mask = torch.ones(rows, steps, dtype=torch.bool)
+    for i in range(1, rows):
+        mask[i, steps - i % steps:] = False
+    ids = ids.masked_fill(~mask, 0)  # padded steps carry a pad token, possibly filtered out of q
+    return logits, ref_logits, ids, mask
+
+
+def hand_token_kl(logits, ref_logits, ids, mask, temperature):
+    """k3 of the tempered, unfiltered distributions at the sampled tokens, in float64, by hand."""
+    log_p = torch.log_softmax(logits.detach().double() / temperature, -1).gather(-1, ids[..., None])[..., 0]
+    log_r = torch.log_softmax(ref_logits.double() / temperature, -1).gather(-1, ids[..., None])[..., 0]
+    delta = (log_r - log_p)[mask]
+    return (delta.exp() - delta - 1).tolist()
+
+
+@pytest.mark.parametrize("filters", FILTERS, ids=FILTER_IDS)
+@pytest.mark.parametrize("on_policy", [True, False])
+def test_token_kl_under_filters_is_finite_and_matches_float64(filters, on_policy):
+    temperature, beta = 0.8, 0.005
+    logits, ref_logits, ids, mask = filtered_batch(filters, temperature)
+    token_logp = gather_logprob(sampling_logprobs(logits, temperature, **filters), ids)
+    tempered = tempered_logprobs(logits, temperature).gather(-1, ids[..., None])[..., 0]
+    ref = tempered_logprobs(ref_logits, temperature).gather(-1, ids[..., None])[..., 0]
+    old = token_logp.detach() if on_policy else token_logp.detach() + 0.05 * torch.randn(ids.shape)
+    old = old.masked_fill(~mask, 0.0)  # what the rollout record holds at padded steps
+    rows = ids.shape[0]
+    advantages = group_advantages(torch.arange(rows, dtype=torch.float32) % 3, 3)
+    x = LossInputs(token_logp, torch.zeros(ids.shape), old, torch.zeros(ids.shape), ref, None, advantages, mask,
+                   torch.zeros(ids.shape, dtype=torch.bool), tempered_token_logp=tempered)
+    norm = Normaliser(rows, int(mask.sum()), ids.shape[1])
+    loss, stats = tarpo_loss(x, LossSettings(beta=beta, router_weight=0.0), norm)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    expected_kl = hand_token_kl(logits, ref_logits, ids, mask, temperature)
+    assert merge_stats([stats])["kl_token"] == pytest.approx(sum(expected_kl) / len(expected_kl), rel=1e-5)
+    assert max(expected_kl) < 50, "the hand KL is of normal size: no -1e4 floor leaked into it"
+    if filters:
+        assert gather_logprob(sampling_logprobs(ref_logits, temperature, **filters), ids)[0, 0] == LOGP_FLOOR
+    if on_policy:  # ratio 1: loss = mean over rows of mean over the row of (-A + beta k3)
+        lengths = mask.sum(1).tolist()
+        per_row, flat = [], iter(expected_kl)
+        for i in range(rows):
+            per_row.append(sum(-float(advantages[i]) + beta * next(flat) for _ in range(lengths[i])) / lengths[i])
+        assert loss.item() == pytest.approx(sum(per_row) / rows, abs=1e-6)
+
+
+def test_values_at_masked_steps_change_nothing():
+    """Masked steps may hold the -1e4 floor, 0 (the record's pad) or anything: exp never sees them."""
+    x, new, r_new = inputs(clip=True)
+    settings = LossSettings(EPS_LOW, EPS_HIGH, BETA, LAMBDA, "seq-mean")
+    norm = Normaliser(4, int(x.completion_mask.sum()), 3)
+    clean, _ = tarpo_loss(x, settings, norm)
+    hostile = {}
+    for name, fill in [("token_logp", LOGP_FLOOR), ("old_token_logp", 0.0), ("ref_token_logp", 0.0),
+                       ("router_logp", LOGP_FLOOR), ("old_router_logp", 0.0), ("ref_router_logp", 0.0)]:
+        value = getattr(x, name).detach().clone()
+        outside = ~x.completion_mask if "token" in name else ~(x.decision_mask & x.completion_mask)
+        hostile[name] = value.masked_fill(outside, fill).requires_grad_(name in ("token_logp", "router_logp"))
+    dirty, stats = tarpo_loss(LossInputs(**{**x.__dict__, **hostile}), settings, norm)
+    dirty.backward()
+    assert dirty.item() == pytest.approx(clean.item(), abs=1e-6)
+    assert all(torch.isfinite(torch.tensor(v)).all() for v in stats.values())
+    assert torch.isfinite(hostile["token_logp"].grad).all() and torch.isfinite(hostile["router_logp"].grad).all()
