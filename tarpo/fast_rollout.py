@@ -196,7 +196,7 @@ class _DecodeEngine:
         settings = self.settings
         logits = policy.token_logits(self.last_hidden)  # (B, V) fp32
         router_logits = policy.router_logits(self.last_hidden) if settings.router_mode == "tarpo" else None
-        state = DecodeState(self.finished, self.marker_state, self.soft_used, self.soft_run)
+        state = DecodeState(self.finished, self.marker_state, self.soft_used, self.soft_run, self.step_index)
         result = choose_step(settings, policy.embedding_weight, logits, router_logits, state, token_u, router_u)
         column = self.step_index
         for name, buffer in self.records.items():

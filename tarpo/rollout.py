@@ -13,7 +13,9 @@ Departures from the reference (tarpo-reference.md):
 5. The answer marker is detected incrementally with a token-level automaton (W1, tarpo.marker).
 6. A decision is forced hard when the marker is complete INCLUDING the token sampled at this step, so the
    step that writes the marker is always fed explicitly (the reference could feed it soft); also when the
-   row ends, or `max_latent_steps` / `max_consecutive_latent_steps` are used up (the reference had no limits).
+   row ends, or `max_latent_steps` / `max_consecutive_latent_steps` are used up (the reference had no limits),
+   and at the last step t = max_new_tokens - 1, whose input is never fed: a decision there would be recorded,
+   trained and counted as soft without changing anything the model saw.
 """
 
 from __future__ import annotations
@@ -147,11 +149,11 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_prompt_tokens: int | N
 
 
 def _open_decisions(settings: RolloutSettings, alive: torch.Tensor, marker_seen: torch.Tensor,
-                    soft_used: torch.Tensor, soft_run: torch.Tensor) -> torch.Tensor:
-    """Rows whose decision at this step is sampled rather than forced hard."""
+                    soft_used: torch.Tensor, soft_run: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """Rows whose decision at this step is sampled rather than forced hard. step: (1,) long, t."""
     if settings.router_mode == "hard":
         return torch.zeros_like(alive)
-    open_ = alive & ~marker_seen
+    open_ = alive & ~marker_seen & (step < settings.max_new_tokens - 1)  # the last step's input is never fed
     if settings.max_latent_steps is not None:
         open_ &= soft_used < settings.max_latent_steps
     if settings.max_consecutive_latent_steps is not None:
@@ -185,11 +187,13 @@ class DecodeState:
     marker_state: torch.Tensor  # long: KMP automaton state of the answer marker
     soft_used: torch.Tensor     # long: soft steps so far
     soft_run: torch.Tensor      # long: current run of consecutive soft steps
+    step: torch.Tensor          # (1,) long: index t of the step chosen next (the same for every row)
 
     @classmethod
     def start(cls, batch: int, device) -> "DecodeState":
         zeros = torch.zeros(batch, dtype=torch.long, device=device)
-        return cls(torch.zeros(batch, dtype=torch.bool, device=device), zeros.clone(), zeros.clone(), zeros.clone())
+        return cls(torch.zeros(batch, dtype=torch.bool, device=device), zeros.clone(), zeros.clone(), zeros.clone(),
+                   torch.zeros(1, dtype=torch.long, device=device))
 
 
 @dataclass
@@ -232,7 +236,7 @@ def choose_step(settings: RolloutSettings, embedding_weight: torch.Tensor, logit
     eos = torch.isin(tokens, torch.as_tensor(settings.eos_token_ids, device=tokens.device))
     ends_now = alive & eos
 
-    open_ = _open_decisions(settings, alive & ~ends_now, marker_seen, state.soft_used, state.soft_run)
+    open_ = _open_decisions(settings, alive & ~ends_now, marker_seen, state.soft_used, state.soft_run, state.step)
     soft, router_logp = _sample_decisions(settings, router_logits, router_u, open_)
     k = min(settings.soft_top_k, log_q.shape[-1])
     if settings.router_mode == "hard":  # no soft step can happen: skip the vocabulary-wide top-k
@@ -248,6 +252,7 @@ def choose_step(settings: RolloutSettings, embedding_weight: torch.Tensor, logit
     state.finished = state.finished | ends_now
     state.soft_used = state.soft_used + soft.long()
     state.soft_run = torch.where(soft, state.soft_run + 1, torch.zeros_like(state.soft_run))
+    state.step = state.step + 1  # a new tensor: the fast path's own step counter is not touched
     return StepResult(tokens, token_logp, alive, soft, open_, router_logp, topk_ids, topk_weights, next_embeds)
 
 
@@ -293,7 +298,7 @@ def rollout(policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, sett
         token_u, router_u = draw_uniforms(settings, batch, logits.shape[-1], generator, device)
         step = choose_step(settings, embedding_weight, logits, router_logits, state, token_u, router_u)
         steps.append(step)
-        if bool(state.finished.all()):
+        if bool(state.finished.all()) or len(steps) == settings.max_new_tokens:  # the last input is never fed
             break
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
         hidden, cache = policy.hidden_states(step.next_embeds.unsqueeze(1), attention_mask,

@@ -68,6 +68,16 @@ def test_fast_equals_eager(architecture, options):
     assert torch.equal(g_eager.get_state(), g_fast.get_state()), "the generator must end where the eager one does"
 
 
+@pytest.mark.parametrize("mode", ["tarpo", "soft-fixed"])
+def test_last_step_decision_is_forced_in_fast_path(mode):
+    policy = random_policy(init_bias=(-3.0, 0.0))
+    s = settings(max_new_tokens=7, marker=None, eos_token_ids=(VOCAB + 7,), router_mode=mode, soft_probability=0.95)
+    eager, fast, _ = both(policy, s, seed=1, sync_every=3)
+    assert_same(eager, fast)
+    assert fast.decision_mask[:, :-1].all() and not fast.decision_mask[:, -1].any()
+    assert not fast.soft_mask[:, -1].any() and torch.equal(fast.soft_counts, fast.soft_mask.sum(1))
+
+
 def test_marker_and_limits_bind_in_fast_path():
     texts = token_texts()
     policy = likely_eos_and_marker(random_policy(init_bias=(-1.0, 0.0)), eos_scale=1.0, marker_scale=6.0)

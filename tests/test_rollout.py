@@ -136,7 +136,8 @@ def test_forced_hard_rules_hold_in_every_row():
             alive = bool(r.completion_mask[b, t])
             ended = alive and ids[t] in EOS
             marker = marker_seen_through(texts, ids, t)
-            expected_open = alive and not ended and not marker and used < 12 and run_len < 3
+            last = t == s.max_new_tokens - 1
+            expected_open = alive and not ended and not marker and used < 12 and run_len < 3 and not last
             assert bool(r.decision_mask[b, t]) == expected_open, (b, t)
             if not expected_open:
                 assert not r.soft_mask[b, t] and r.router_logp[b, t] == 0
@@ -149,6 +150,26 @@ def test_forced_hard_rules_hold_in_every_row():
             assert run_len <= 3 and used <= 12
         assert int(r.soft_counts[b]) == used
     assert saw_marker and saw_total_limit and saw_run_limit
+
+
+@pytest.mark.parametrize("mode", ["tarpo", "soft-fixed"])
+def test_last_step_decision_is_forced_hard_and_its_input_never_fed(mode):
+    policy = random_policy(init_bias=(-3.0, 0.0))  # p_soft ~ 0.95
+    s = settings(max_new_tokens=6, marker=None, eos_token_ids=(VOCAB + 7,), router_mode=mode, soft_probability=0.95)
+    calls, handle = capture_decoder_inputs(policy)
+    r = run(policy, s, batch=8)
+    handle.remove()
+    assert r.completion_ids.shape[1] == 6 and set(r.stop_reason) == {"max_tokens"}
+    assert r.decision_mask[:, :-1].all(), "every earlier decision is sampled"
+    assert not r.decision_mask[:, -1].any() and not r.soft_mask[:, -1].any() and (r.router_logp[:, -1] == 0).all()
+    assert (r.topk_weights[:, -1] == 0).all()
+    assert torch.equal(r.soft_counts, r.soft_mask.sum(1)) and r.soft_counts.sum() > 30
+    # inputs fed: the prompt, then e_0 .. e_4; the mixtures fed are exactly the recorded soft steps
+    assert len(calls) == 1 + 5
+    table = policy.embedding_weight.detach()
+    fed_soft = sum(int((calls[t + 1][b, 0] != table[r.completion_ids[b, t]]).any())
+                   for t in range(5) for b in range(r.num_rows))
+    assert fed_soft == int(r.soft_counts.sum())
 
 
 def test_finished_rows_are_padded_and_masked():
@@ -175,7 +196,7 @@ def test_initial_soft_ratio_matches_bias():
     ratio = r.soft_mask[decided].float().mean().item()
     expected = 1 / (1 + math.exp(bias))
     assert abs(expected - 0.0998) < 1e-4
-    assert n == 64 * 100
+    assert n == 64 * 99  # the last step's decision is forced: its input is never fed
     assert abs(ratio - expected) < 4 * math.sqrt(expected * (1 - expected) / n)
 
 
