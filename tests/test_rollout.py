@@ -103,6 +103,28 @@ def test_soft_weights_are_the_renormalised_topk_of_q():
     assert torch.allclose(r.topk_weights[b, t].double(), top.values / top.values.sum(), atol=1e-5)
 
 
+@pytest.mark.parametrize("filters", [dict(), dict(top_k=8), dict(top_p=0.7), dict(top_k=8, top_p=0.7)],
+                         ids=["none", "top-k", "top-p", "both"])
+def test_replay_tempered_logprobs_are_unfiltered(filters):
+    policy = random_policy(init_bias=(0.0, 0.0))
+    s = settings(temperature=0.8, **filters)
+    r = run(policy, s)
+    out_logits = []
+    handle = policy.causal_lm.get_output_embeddings().register_forward_hook(lambda m, a, o: out_logits.append(o))
+    out = replay(policy, r, settings=s)
+    handle.remove()
+    log_p = torch.log_softmax(out_logits[0].detach().double() / 0.8, -1)
+    expected = log_p.gather(-1, r.completion_ids[..., None])[..., 0]
+    mask = r.completion_mask
+    assert (out.tempered_token_logp.double() - expected)[mask].abs().max() < 1e-5
+    assert out.tempered_token_logp.requires_grad
+    if filters:  # renormalised over the kept set: q >= p, strictly where something was filtered
+        assert (out.token_logp >= out.tempered_token_logp - 1e-6)[mask].all()
+        assert (out.token_logp > out.tempered_token_logp + 1e-3)[mask].any()
+    else:
+        assert out.tempered_token_logp is out.token_logp
+
+
 def test_hard_mode_greedy_equals_generate():
     for architecture in ("qwen2", "llama"):
         policy = random_policy(architecture)

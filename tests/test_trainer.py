@@ -1,6 +1,7 @@
 """Trainer: learning goes the right way, SIGKILL + resume equals an uninterrupted run, 2 processes agree."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -113,3 +114,103 @@ def test_two_process_cpu_run_keeps_ranks_identical(tmp_path):
     rows = steps_logged(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert not (tmp_path / "steps-rank1.jsonl").exists()  # only the main process reports
+
+
+# ---------------------------------------------------------------- in-process trainer checks (one or two steps)
+def in_process_trainer(tmp_path, reward_fn, *, micro_batch=8, prompts=2, iterations=1, aggregation="seq-mean",
+                       beta=0.01, perturb=0.0, steps=1, answers=None, lr=1e-2, **rollout_overrides):
+    """The driver's tiny LoRA policy and settings, built in this process; `perturb` > 0 sets LoRA B and the
+    router away from their initial values so that the policy differs from the reference."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from tarpo.trainer import TarpoTrainer
+    from train_driver import PROMPTS, build
+
+    args = SimpleNamespace(new_tokens=6, steps=steps, prompts=prompts, micro_batch=micro_batch, lr=lr,
+                           router_lr=1e-2, checkpoint_every=0, iterations=iterations, beta=beta,
+                           aggregation=aggregation, max_consecutive=None)
+    policy, tokenizer, rollout_settings, settings = build(args)
+    rollout_settings = dataclasses.replace(rollout_settings, **rollout_overrides)
+    if perturb:
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, param in policy.named_parameters():
+                if "lora_B" in name or name.startswith("router."):
+                    param.add_(torch.randn(param.shape, generator=g) * perturb)
+    answers = answers if answers is not None else ["0"] * len(PROMPTS)
+    return TarpoTrainer(policy, tokenizer, PROMPTS, answers, reward_fn, settings=settings,
+                        rollout_settings=rollout_settings, output_dir=tmp_path, log=lambda m: None)
+
+
+def first_token_even(texts, answers, rollout):
+    return (rollout.completion_ids[:, 0] % 2 == 0).float().tolist()
+
+
+def trainable(policy):
+    return torch.cat([p.detach().flatten() for p in policy.parameters() if p.requires_grad])
+
+
+@pytest.mark.parametrize("aggregation", ["seq-mean", "token-mean", "dr-grpo"])
+def test_micro_batch_2x4_equals_8x1(tmp_path, aggregation):
+    """Four accumulated micro-batches of 2 give the gradient and the step of one micro-batch of 8."""
+    runs = {}
+    for micro in (2, 8):
+        trainer = in_process_trainer(tmp_path / str(micro), first_token_even, micro_batch=micro,
+                                     aggregation=aggregation, perturb=0.05, top_k=40, top_p=0.9, temperature=0.8)
+        metrics = trainer.train_step().metrics
+        runs[micro] = metrics, trainable(trainer.policy)
+    (m2, p2), (m8, p8) = runs[2], runs[8]
+    assert m8["skipped"] == 0 and m8["reward_std"] > 0
+    assert m2["grad_norm"] == pytest.approx(m8["grad_norm"], rel=1e-5)  # Adam would hide a scale error
+    assert m2["kl_token"] == pytest.approx(m8["kl_token"], rel=1e-5)
+    assert (p2 - p8).abs().max().item() <= 1e-5  # Adam: lr * g / (|g| + eps) amplifies noise where g ~ 0
+
+
+def test_advantages_use_each_prompts_own_group(tmp_path):
+    """Rewards that depend on the prompt: every completion is compared with its own prompt's completions."""
+    from train_driver import PROMPTS
+
+    answers = [str(i) for i in range(len(PROMPTS))]
+    seen = {}
+
+    def reward(texts, golds, rollout):
+        prompts = [trainer.tokenizer.decode(row[mask.bool()].tolist()) for row, mask in
+                   zip(rollout.prompt_ids, rollout.prompt_mask)]
+        seen["prompts"], seen["golds"] = prompts, golds
+        # the prompt sets the level, the completion a small prompt-specific bonus
+        return [10.0 * PROMPTS.index(p) + float(int(t) % 2 == int(g) % 2)
+                for p, t, g in zip(prompts, rollout.completion_ids[:, 0].tolist(), golds)]
+
+    trainer = in_process_trainer(tmp_path, reward, prompts=4, answers=answers)
+    captured = {}
+    update = trainer._update
+    trainer._update = lambda batch, advantages, *rest: captured.setdefault("adv", advantages) is not None and \
+        update(batch, advantages, *rest)
+    outcome = trainer.train_step()
+    prompts, golds, rewards = seen["prompts"], seen["golds"], outcome.rewards
+    assert all(golds[i] == str(PROMPTS.index(p)) for i, p in enumerate(prompts)), "gold paired with another prompt"
+    expected = torch.zeros(len(rewards))
+    for prompt in set(prompts):  # group by the prompt each completion actually answered, by hand
+        rows = [i for i, p in enumerate(prompts) if p == prompt]
+        assert len(rows) == 4
+        r = torch.tensor([rewards[i] for i in rows], dtype=torch.float64)
+        expected[rows] = ((r - r.mean()) / (r.std() + 1e-4)).float()
+    assert expected.abs().max() > 0.5, "need within-group variation"
+    torch.testing.assert_close(captured["adv"], expected, rtol=0, atol=1e-5)
+
+
+def test_filtered_sampling_with_a_perturbed_adapter_trains_finitely(tmp_path):
+    """The stress run of issue 11: tau 0.8, top-k 40, top-p 0.9, policy != reference, two iterations per
+    rollout (old log-probs from the rollout record): every step finite, none skipped, the KL of normal size."""
+    trainer = in_process_trainer(tmp_path, first_token_even, iterations=2, beta=0.005, perturb=0.05, steps=3,
+                                 lr=1e-4, top_k=40, top_p=0.9, temperature=0.8)
+    rows = []
+    trainer.train(on_step=lambda step, metrics: rows.append(metrics), progress=False)
+    assert len(rows) == 3 and trainer.state.skipped_steps == 0
+    for metrics in rows:
+        assert metrics["skipped"] == 0
+        assert all(math.isfinite(v) for v in metrics.values()), metrics
+        # policy != reference (measured 0.8-1.3 per token), and no -1e4 floor leaked into it
+        assert 0.05 < metrics["kl_token"] < 20.0, metrics["kl_token"]
+        assert metrics["kl_router"] > 0
