@@ -32,12 +32,11 @@ def test_missing_data_file_is_named(repo_copy: Path):
     assert "data/prepared/train.jsonl: input file not found; run `python cli.py prepare` first" in result.stderr
 
 
-def test_unavailable_preset_stops_in_seconds(repo_copy: Path):
-    started = time.monotonic()
+def test_unavailable_preset_stops_before_any_work(repo_copy: Path):
     result = run([*CLI, "train", "--model", "qwen2.5-7b"], repo_copy, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "qwen2.5-7b" in result.stderr and "models pull" in result.stderr
-    assert time.monotonic() - started < 60  # import time on a loaded 2-core box; the check itself is instant
+    assert not (repo_copy / paths.CHECKPOINT_DIR).exists()  # its latency: bench/latency.py
 
 
 @pytest.mark.slow
