@@ -217,7 +217,6 @@ def test_models_pull_and_error(fake_models, tmp_path):
 
 
 def test_models_list_real():
-    pytest.importorskip("tarpo.models")
     result = invoke("models", "list")
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
@@ -226,7 +225,6 @@ def test_models_list_real():
 
 
 def test_models_pull_unknown_real():
-    pytest.importorskip("tarpo.models")
     result = invoke("models", "pull", "tyny")
     assert result.exit_code == 2 and "did you mean 'tiny'?" in result.stderr and "Traceback" not in result.output
 
@@ -238,7 +236,6 @@ def test_unexpected_errors_are_not_swallowed():
 
 
 def test_models_pull_tiny_real(tmp_path):
-    pytest.importorskip("tarpo.models")
     out = tmp_path / "tiny"
     result = invoke("models", "pull", "tiny", "--out", str(out))
     assert (result.exit_code, result.stdout.splitlines()[-1]) == (0, f"pulled tiny -> {out}"), result.output

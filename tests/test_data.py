@@ -302,7 +302,7 @@ def test_build_prompt_uses_chat_template_and_system_prompt():
 
 
 def test_build_prompt_with_real_tokenizer_template():
-    transformers = pytest.importorskip("transformers")
+    import transformers
     from tokenizers import Tokenizer, models
     tok = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0}, "a")))
     tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
