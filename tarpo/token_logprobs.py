@@ -22,13 +22,15 @@ CHUNK_TOKENS = 1024  # rows x positions per chunk: about 0.6 GB per fp32 copy at
 
 def token_logprobs(hidden: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], ids: torch.Tensor, *,
                    temperature: float, top_k: int = 0, top_p: float = 1.0, with_entropy: bool = True,
-                   chunk_tokens: int | None = CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   chunk_tokens: int | None = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """hidden (B, T, d), ids (B, T) -> log q(ids) (B, T) fp32 with gradient, entropy of q (B, T) or None.
 
-    head: hidden -> (…, V) logits (the policy's output layer). chunk_tokens None = one dense pass.
+    head: hidden -> (…, V) logits (the policy's output layer). chunk_tokens: 0 = `CHUNK_TOKENS` (read at call
+    time, so a benchmark can switch the whole trainer to dense), None = one dense pass.
     The entropy is a metric: computed without gradient, and only when asked (not for the reference pass).
     """
     batch, steps = ids.shape
+    chunk_tokens = CHUNK_TOKENS if chunk_tokens == 0 else chunk_tokens
     width = steps if chunk_tokens is None else max(1, chunk_tokens // max(batch, 1))
     recompute = chunk_tokens is not None and torch.is_grad_enabled()
     logps, entropies = [], []
