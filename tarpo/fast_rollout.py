@@ -35,6 +35,7 @@ import collections
 import dataclasses
 import inspect
 import logging
+import types
 import weakref
 from typing import Any
 
@@ -49,6 +50,7 @@ SUPPORTED_ATTENTION = ("sdpa", "eager")
 MAX_ENGINES_PER_POLICY = 4  # shapes kept compiled per policy (prompt buckets x batch sizes of one run)
 RECOMPILE_LIMIT = 64  # dynamo cache entries per code object: engines x length buckets, with room to spare
 _ENGINE_CACHE: "weakref.WeakKeyDictionary[Any, collections.OrderedDict]" = weakref.WeakKeyDictionary()
+_SHAPES_BUILT: "weakref.WeakKeyDictionary[Any, set]" = weakref.WeakKeyDictionary()  # to warn on rebuilds
 logger = logging.getLogger(__name__)
 
 
@@ -262,14 +264,17 @@ class CompiledStep:
 
     fullgraph=True: a graph break raises instead of silently running pieces eagerly; should the installed
     `transformers` break the graph anyway, we warn once and compile with breaks allowed (`fell_back`).
-    Each call raises dynamo's recompile limit to `RECOMPILE_LIMIT` and makes hitting it an error, so the
-    step never drops to eager silently. `graphs[bucket]` counts calls that compiled; a second one (a guard
-    failed: some input changed shape, dtype or identity) logs a warning.
+    Dynamo keeps compiled graphs per code object and stops compiling one (silently running it eagerly) past
+    its recompile limit; each CompiledStep therefore compiles its own copy of the step's code, whose graphs
+    live and die with its engine, and every call makes hitting the limit an error instead. `graphs[bucket]`
+    counts calls that compiled; a second one (a guard failed: some input changed shape, dtype or identity)
+    logs a warning.
     """
 
     def __init__(self, step, device: torch.device, backend: str | bool):
         self.backend = "inductor" if backend is True else backend
         self.mode = "reduce-overhead" if device.type == "cuda" and self.backend == "inductor" else None
+        step = _with_own_code(step)
         self._raw = step
         self._fn = torch.compile(step, backend=self.backend, mode=self.mode, dynamic=False, fullgraph=True)
         self.graphs: collections.Counter = collections.Counter()
@@ -280,7 +285,7 @@ class CompiledStep:
         with torch._dynamo.config.patch(**_limit_patch()):
             try:
                 self._fn(*args)
-            except torch._dynamo.exc.Unsupported as error:  # a graph break under fullgraph=True
+            except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError) as error:  # fullgraph=True broke
                 if self.fell_back is not None:
                     raise
                 self.fell_back = str(error).splitlines()[0]
@@ -293,6 +298,15 @@ class CompiledStep:
             if self.graphs[bucket] > 1:
                 logger.warning("fast_rollout: the decode step compiled again for cache length %d (%d times); an "
                                "input changed shape, dtype or identity", bucket, self.graphs[bucket])
+
+
+def _with_own_code(fn):
+    """The same function (or bound method) over a fresh copy of its code object: its own dynamo cache."""
+    func = getattr(fn, "__func__", fn)
+    copy = types.FunctionType(func.__code__.replace(), func.__globals__, func.__name__, func.__defaults__,
+                              func.__closure__)
+    copy.__kwdefaults__, copy.__qualname__ = func.__kwdefaults__, func.__qualname__
+    return types.MethodType(copy, fn.__self__) if hasattr(fn, "__self__") else copy
 
 
 def _limit_patch() -> dict:
@@ -314,6 +328,11 @@ def _engine_for(policy, settings, batch: int, prompt_len: int, compile: bool | s
         return engines[key]
     while len(engines) >= MAX_ENGINES_PER_POLICY:
         engines.popitem(last=False)
+    built = _SHAPES_BUILT.setdefault(policy, set())
+    if compile and key in built:
+        logger.warning("fast_rollout: rebuilding (and recompiling) the engine for batch %d, prompt length %d: more "
+                       "than %d shapes are in use; raise prompt_multiple", batch, prompt_len, MAX_ENGINES_PER_POLICY)
+    built.add(key)
     engines[key] = _DecodeEngine(policy, settings, batch, prompt_len, compile)
     return engines[key]
 

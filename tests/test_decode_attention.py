@@ -150,6 +150,29 @@ def test_engine_cache_is_bounded(monkeypatch):
     assert [key[1] for key in fast_module._ENGINE_CACHE[policy]] == [7, 5]  # least recently used dropped
 
 
+def test_rebuilding_an_evicted_compiled_shape_warns(monkeypatch, caplog):
+    monkeypatch.setattr(fast_module, "MAX_ENGINES_PER_POLICY", 1)
+    monkeypatch.setattr(fast_module, "_DecodeEngine", lambda *args: object())  # only the cache logic here
+    policy, s = random_policy(), settings()
+    with caplog.at_level(logging.WARNING, logger="tarpo.fast_rollout"):
+        for width in (5, 6, 6):
+            fast_module._engine_for(policy, s, 2, width, compile=True)
+        assert not caplog.records  # a new shape, then the cached one
+        fast_module._engine_for(policy, s, 2, 5, compile=True)  # evicted before: compiles again
+    assert "rebuilding" in caplog.records[-1].getMessage()
+
+
+def test_each_compiled_step_has_its_own_dynamo_cache():
+    """Dynamo's recompile limit counts per code object: engines must not share one."""
+    first = CompiledStep(lambda x: x.mul_(2), torch.device("cpu"), "eager")
+    second = CompiledStep(first._raw, torch.device("cpu"), "eager")
+    assert first._raw.__code__ is not second._raw.__code__
+    x = torch.ones(2)
+    first(16, x)
+    second(16, x)
+    assert torch.equal(x, torch.full((2,), 4.0)) and first.graphs[16] == second.graphs[16] == 1
+
+
 def test_compiled_step_warns_when_a_bucket_compiles_again(caplog):
     step = CompiledStep(lambda x: x.mul_(2), torch.device("cpu"), "eager")
     with caplog.at_level(logging.WARNING, logger="tarpo.fast_rollout"):
