@@ -1,28 +1,34 @@
-"""One-shot GPU benchmark (issue 7): fast vs eager rollout vs `generate`, and one LoRA training micro-step.
+"""One-shot GPU benchmark: `generate` vs eager vs fast rollout over the full 512 steps, and the training step.
 
 Model: Qwen2.5-7B shape with random bf16 weights built directly on the GPU (no download; random weights cost
 the same time as real ones). Rollout shape: 64 sequences x 256 prompt tokens x 512 new tokens, forced full
-length (the eos id is outside the vocabulary, `min_new_tokens` for `generate`).
+length (the eos id is outside the vocabulary; `min_new_tokens` for `generate`).
 
-To stay under 6 minutes on an H100, decoding is timed over a window of steps and extrapolated:
-- fast path: the static cache is sized for the full 512 steps and every step costs the same (attention runs
-  over the whole preallocated cache), so (time of warm-up + N steps) - (time of warm-up steps) over N is exact;
-- `generate` and the eager loop: per-step cost = (t(n2) - t(n1)) / (n2 - n1) (prefill cancels out); their
-  attention grows with context, so this slightly under-states their cost at 512 steps (said in the output).
+Made so that one run cannot lose its results:
+- sections run in order of importance (`generate` first, before anything compiles), each under its own time
+  limit (SIGALRM) and inside the run's total budget: a section that fails, runs over, or no longer fits is
+  recorded in `errors` / `skipped` and the next one starts;
+- the JSON is written atomically after EVERY section (--out, default bench/results/gpu-<card>-<date>.json).
 
-Each section is wrapped: a failure is recorded in `errors` and the remaining sections still run. The JSON
-result is written atomically to bench/results/gpu-<card>-<date>.json (or --out).
+Timing: every variant decodes the same full 512 steps, timed end to end (prefill included) with
+`tokens_per_s` = B x 512 / seconds; `decode_s_per_step` subtracts a 1-step run (prefill + one step).
+The fast path is timed after a warm-up run that compiles all its length buckets; `generate` and the eager
+loop after a 2-step warm-up. The floor counts what one decode step must read: the weights it uses (all but
+the input embedding, of which it reads B rows) plus the KV cache at the mean context P + (T + 1) / 2.
 
-Usage: python bench/gpu.py            (CUDA, ~7B)
+Usage: python bench/gpu.py [--out PATH] [--budget SECONDS] [--only generate,fast_tarpo,...]
        python bench/gpu.py --tiny     (CPU, tiny config, < 60 s: tests the script itself)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
+import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -33,20 +39,45 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tarpo.fast_rollout import fast_rollout  # noqa: E402
+import tarpo.fast_rollout as fast_module  # noqa: E402
+import tarpo.token_logprobs as token_logprobs_module  # noqa: E402
+from tarpo.fast_rollout import fast_rollout, length_bucket  # noqa: E402
 from tarpo.marker import MarkerMatcher  # noqa: E402
 from tarpo.policy import HybridPolicy  # noqa: E402
 from tarpo.rollout import Rollout, RolloutSettings, replay, rollout  # noqa: E402
 from tarpo.router import Router  # noqa: E402
 
 FULL = dict(hidden=3584, layers=28, heads=28, kv_heads=4, mlp=18944, vocab=152064,
-            batch=64, prompt=256, new=512, window=64, warm=8, check_steps=32,
+            batch=64, prompt=256, new=512, check_steps=32,
             train_batch=8, train_tokens=768, lora_rank=32)
 TINY = dict(hidden=64, layers=2, heads=4, kv_heads=2, mlp=128, vocab=512,
-            batch=4, prompt=16, new=32, window=8, warm=4, check_steps=12,
+            batch=4, prompt=16, new=32, check_steps=12,
             train_batch=2, train_tokens=48, lora_rank=4)
-BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}  # bytes/s, SXM data-sheet figures
+# HBM bandwidth from the data sheets, bytes/s; the most specific name first
+BANDWIDTH = (("H100 PCIe", 2.0e12), ("H100 NVL", 3.9e12), ("H100", 3.35e12), ("H200", 4.8e12), ("A100", 2.0e12))
 ROUTER_BIAS = (2.2, 0.0)  # p_soft ~ 10 %: soft steps actually happen in `tarpo` mode
+# seconds per section on an H100 (the whole run fits in ~5 minutes; see bench/README.md)
+LIMITS = dict(build=60, floor=10, generate=75, check=60, fast_tarpo=70, fast_hard=75, eager=45,
+              logprob_memory=30, training=60)
+
+
+class SectionTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Raise SectionTimeout in the main thread after `seconds` (between Python bytecodes)."""
+    def on_alarm(signum, frame):
+        raise SectionTimeout(f"over its limit of {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def sync(device):
@@ -105,16 +136,33 @@ def prompts(shape: dict, device):
     return ids.to(device), torch.ones_like(ids).to(device)
 
 
-def per_step(run, n1: int, n2: int, device) -> float:
-    """Seconds per decode step from two runs of n1 and n2 steps (fixed costs cancel).
+def full_length_timing(run, shape: dict, device, repeats: int = 1) -> dict:
+    """Seconds for the full `new` steps (best of `repeats`) and for 1 step; tokens/s over the full run."""
+    full_s = min(timed(lambda: run(shape["new"]), device) for _ in range(repeats))
+    one_s = timed(lambda: run(1), device)
+    decode = max(full_s - one_s, 1e-9) / (shape["new"] - 1)
+    return {"steps": shape["new"], "full_run_s": full_s, "one_step_run_s": one_s, "s_per_step": full_s / shape["new"],
+            "decode_s_per_step": decode, "tokens_per_s": shape["batch"] * shape["new"] / full_s,
+            "decode_tokens_per_s": shape["batch"] / decode}
 
-    On a noisy (shared CPU) machine the difference can come out <= 0; then the long run's plain average is
-    used instead, which overstates the per-step cost slightly but is never negative.
-    """
-    long_s = timed(lambda: run(n2), device)
-    short_s = timed(lambda: run(n1), device)
-    difference = (long_s - short_s) / (n2 - n1)
-    return difference if difference > 0 else long_s / n2
+
+def cudagraph_skips() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
+
+
+def section_generate(ctx) -> dict:
+    shape, device, model = ctx["shape"], ctx["device"], ctx["policy"].causal_lm
+    ids, mask = ctx["prompts"]
+
+    def run(n):
+        with torch.no_grad():
+            model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=0.5, top_k=0, top_p=1.0,
+                           max_new_tokens=n, min_new_tokens=n, pad_token_id=0, eos_token_id=shape["vocab"] - 1)
+
+    run(2)  # warm-up
+    return {**full_length_timing(run, shape, device), "note": "DynamicCache, sampling at T 0.5, no compile"}
 
 
 def section_check(ctx) -> dict:
@@ -140,31 +188,15 @@ def section_check(ctx) -> dict:
             "first_fast_call_s_incl_compile": round(first_call_s, 2)}
 
 
-def section_generate(ctx) -> dict:
-    shape, device, model = ctx["shape"], ctx["device"], ctx["policy"].causal_lm
-    ids, mask = ctx["prompts"]
-
-    def run(n):
-        with torch.no_grad():
-            model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=0.5, top_k=0, top_p=1.0,
-                           max_new_tokens=n, min_new_tokens=n, pad_token_id=0, eos_token_id=shape["vocab"] - 1)
-
-    run(2)  # warm-up
-    return {"s_per_step": per_step(run, shape["warm"], shape["warm"] + shape["window"], device),
-            "note": "differential timing over a window; attention cost at later steps is under-stated"}
-
-
-def section_eager(ctx) -> dict:
-    shape, device, policy = ctx["shape"], ctx["device"], ctx["policy"]
-    ids, mask = ctx["prompts"]
-
-    def run(n):
-        rollout(policy, ids, mask, settings=settings_for(shape, "tarpo", n, ctx["marker"]),
-                generator=torch.Generator(device).manual_seed(2))
-
-    run(2)
-    return {"s_per_step": per_step(run, shape["warm"], shape["warm"] + shape["window"], device),
-            "note": "DynamicCache; differential timing over a window; later-step attention under-stated"}
+def engine_report(policy) -> list[dict]:
+    """Compiled graphs per length bucket of every cached engine, and whether any step broke its graph."""
+    report = []
+    for key, engine in fast_module._ENGINE_CACHE.get(policy, {}).items():
+        step = engine.step
+        report.append({"batch": key[0], "prompt_len": key[1], "compiled": step is not None,
+                       "graphs_per_bucket": dict(step.graphs) if step else {},
+                       "graph_break_fallback": step.fell_back if step else None})
+    return report
 
 
 def section_fast(ctx, mode: str) -> dict:
@@ -176,16 +208,65 @@ def section_fast(ctx, mode: str) -> dict:
         return fast_rollout(policy, ids, mask, settings=settings, generator=torch.Generator(device).manual_seed(3),
                             step_limit=n)
 
+    skips_before = cudagraph_skips()
     start = time.perf_counter()
-    record = run(shape["warm"])  # compiles once for this shape and mode (cached engine afterwards)
+    record = run(shape["new"])  # compiles every length bucket of this shape and mode once
     warm_s = time.perf_counter() - start
-    return {"s_per_step": per_step(run, shape["warm"], shape["warm"] + shape["window"], device),
-            "first_call_s_incl_compile": round(warm_s, 2), "soft_ratio_warmup": float(record.soft_mask.float().mean()),
-            "note": "static cache sized for the full length: every step costs the same, extrapolation exact"}
+    result = full_length_timing(run, shape, device, repeats=2)
+    skips = cudagraph_skips() - skips_before
+    compiled = device.type == "cuda"
+    return {**result, "first_call_s_incl_compile": round(warm_s, 2),
+            "soft_ratio": float(record.soft_mask.float().mean()),
+            "cudagraph_skips": skips, "cudagraphs_engaged": compiled and skips == 0,
+            "engines": engine_report(policy)}
+
+
+def section_eager(ctx) -> dict:
+    shape, device, policy = ctx["shape"], ctx["device"], ctx["policy"]
+    ids, mask = ctx["prompts"]
+
+    def run(n):
+        rollout(policy, ids, mask, settings=settings_for(shape, "tarpo", n, ctx["marker"]),
+                generator=torch.Generator(device).manual_seed(2))
+
+    run(2)
+    return {**full_length_timing(run, shape, device), "note": "eager hybrid loop, DynamicCache"}
+
+
+def section_logprob_memory(ctx) -> dict:
+    """Output layer + token log-probs + entropy, forward and backward at the training shape: dense vs chunked."""
+    shape, device, dtype, policy = ctx["shape"], ctx["device"], ctx["dtype"], ctx["policy"]
+    fast_module._ENGINE_CACHE.pop(policy, None)  # the rollout engines' static caches are not needed any more
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    B, T, V = shape["train_batch"], shape["train_tokens"] * 2 // 3, shape["vocab"]
+    g = torch.Generator(device).manual_seed(5)
+    hidden = torch.randn(B, T, shape["hidden"], generator=g, device=device, dtype=dtype, requires_grad=True)
+    ids = torch.randint(0, V, (B, T), generator=g, device=device)
+    result = {"tokens": B * T, "vocab": V, "fp32_full_vocab_copy_gib": B * T * V * 4 / 2**30,
+              "chunk_tokens": token_logprobs_module.CHUNK_TOKENS}
+    for name, chunk in (("dense", None), ("chunked", token_logprobs_module.CHUNK_TOKENS)):
+        def step():
+            logp, _, entropy = token_logprobs_module.token_logprobs(hidden, policy.token_logits, ids, temperature=0.5,
+                                                                 chunk_tokens=chunk)
+            logp.sum().backward()
+            hidden.grad = None
+
+        step()
+        row = {}
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        row["s"] = timed(step, device)
+        if device.type == "cuda":
+            row["peak_extra_gib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**30
+        result[name] = row
+    return result
 
 
 def fake_rollout(shape: dict, device, soft: bool) -> Rollout:
-    """A recorded rollout of train_batch x train_tokens (half prompt, half completion), ~10 % soft steps."""
+    """A recorded rollout of train_batch x train_tokens (a third prompt, the rest completion), ~10 % soft."""
     g = torch.Generator().manual_seed(4)
     B, total, k, V = shape["train_batch"], shape["train_tokens"], 10, shape["vocab"]
     P = total // 3
@@ -203,11 +284,13 @@ def fake_rollout(shape: dict, device, soft: bool) -> Rollout:
 
 
 def section_training(ctx) -> dict:
-    """LoRA (all projections) + gradient checkpointing; one forward+backward through `replay`, plain vs soft."""
+    """LoRA (all projections) + gradient checkpointing; one forward+backward through `replay`: plain, soft, and
+    plain with the dense (pre-chunking) log-probs for the memory comparison."""
     from peft import LoraConfig, get_peft_model
 
     shape, device, policy = ctx["shape"], ctx["device"], ctx["policy"]
     model = policy.backbone
+    params = sum(p.numel() for p in model.parameters())
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     lora = get_peft_model(model, LoraConfig(r=shape["lora_rank"], lora_alpha=2 * shape["lora_rank"],
                                             target_modules=targets, lora_dropout=0.0))
@@ -216,53 +299,71 @@ def section_training(ctx) -> dict:
     trained = HybridPolicy(lora, policy.router)
     settings = settings_for(shape, "tarpo", 1, None)
     result = {"lora_rank": shape["lora_rank"], "tokens": shape["train_batch"] * shape["train_tokens"]}
-    for name, soft in (("plain", False), ("soft", True)):
+    chunk_default = token_logprobs_module.CHUNK_TOKENS
+    for name, soft, chunk in (("plain", False, chunk_default), ("soft", True, chunk_default),
+                              ("plain_dense_logprobs", False, None)):
         record = fake_rollout(shape, device, soft)
+        token_logprobs_module.CHUNK_TOKENS = chunk
 
         def micro_step():
             out = replay(trained, record, settings=settings)
             (out.token_logp.mean() + out.router_logp.mean()).backward()
             trained.zero_grad(set_to_none=True)
 
-        micro_step()  # warm-up
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        seconds = min(timed(micro_step, device) for _ in range(2))
+        try:
+            micro_step()  # warm-up
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            seconds = min(timed(micro_step, device) for _ in range(2))
+        finally:
+            token_logprobs_module.CHUNK_TOKENS = chunk_default
         result[name] = {"s_per_micro_step": seconds}
         if device.type == "cuda":
             result[name]["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    params = sum(p.numel() for p in model.parameters())
+        save(ctx)  # partial rows survive a time-out in the next variant
     result["effective_tflops_plain"] = 6 * params * result["tokens"] / result["plain"]["s_per_micro_step"] / 1e12
     result["soft_over_plain"] = result["soft"]["s_per_micro_step"] / result["plain"]["s_per_micro_step"]
     return result
 
 
 def bandwidth_floor(ctx, card: str) -> dict:
-    """Bytes one decode step must read at least: all weights + the KV cache at the mean context length."""
+    """Bytes one decode step must read at least: the weights it uses + the KV cache at the mean context."""
     shape, policy = ctx["shape"], ctx["policy"]
-    weight_bytes = sum(p.numel() * p.element_size() for p in policy.causal_lm.parameters())
+    model = policy.causal_lm
+    all_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight
+    tied = embedding.data_ptr() == model.get_output_embeddings().weight.data_ptr()
+    weight_bytes = all_bytes - (0 if tied else embedding.numel() * embedding.element_size())
     head_dim = shape["hidden"] // shape["heads"]
     element = torch.finfo(ctx["dtype"]).bits // 8
     kv_per_token = 2 * shape["layers"] * shape["kv_heads"] * head_dim * element
-    mean_context = shape["prompt"] + shape["new"] / 2
-    kv_bytes = kv_per_token * shape["batch"] * mean_context
-    bandwidth = next((v for k, v in BANDWIDTH.items() if k in card), None)
-    floor = {"weight_bytes": weight_bytes, "kv_bytes_mean_context": kv_bytes, "assumed_bandwidth_Bps": bandwidth,
+    P, T, B = shape["prompt"], shape["new"], shape["batch"]
+    mean_context = P + (T + 1) / 2
+    kv_bytes = kv_per_token * B * mean_context
+    buckets = [length_bucket(P + t + 1, P + T) for t in range(T)]
+    bandwidth = next((v for name, v in BANDWIDTH if name in card), None)
+    floor = {"weight_bytes_read": weight_bytes, "input_embedding_excluded": not tied,
+             "kv_bytes_per_token": kv_per_token, "mean_context": mean_context, "kv_bytes_mean_context": kv_bytes,
+             "kv_bytes_mean_bucket_actual": kv_per_token * B * sum(buckets) / T,
+             "assumed_bandwidth_Bps": bandwidth,
+             "formula": "s_per_step = (weight_bytes_read + 2*layers*kv_heads*head_dim*bytes*B*(P+(T+1)/2)) / bandwidth",
              "bandwidth_source": f"data sheet for {card}" if bandwidth else "unknown card: no floor"}
     if bandwidth:
         floor["s_per_step"] = (weight_bytes + kv_bytes) / bandwidth
+        floor["tokens_per_s"] = B / floor["s_per_step"]
+    print(f"floor: ({weight_bytes / 1e9:.2f} GB weights + 2*{shape['layers']}*{shape['kv_heads']}*{head_dim}*"
+          f"{element} B*{B}*{mean_context:.1f} = {kv_bytes / 1e9:.2f} GB KV) / "
+          f"{(bandwidth or float('nan')) / 1e12:.2f} TB/s = {1e3 * floor.get('s_per_step', float('nan')):.2f} ms/step")
     return floor
 
 
-def summarise(result: dict, batch: int) -> None:
-    """Add tokens/s, ratios and % of the floor; print one line per figure."""
+def summarise(result: dict, verbose: bool = False) -> None:
+    """Add ratios and % of the floor to the result; with `verbose`, print one line per figure."""
     timings, floor = result["timings"], result["bandwidth_floor"]
-    for name, t in timings.items():
-        if "s_per_step" in t:
-            t["ms_per_step"] = 1e3 * t["s_per_step"]
-            t["tokens_per_s"] = batch / t["s_per_step"]
-            if floor.get("s_per_step"):
-                t["pct_of_floor"] = 100 * floor["s_per_step"] / t["s_per_step"]
+    for t in timings.values():
+        if "decode_s_per_step" in t and floor.get("s_per_step"):
+            t["decode_pct_of_floor"] = 100 * floor["s_per_step"] / t["decode_s_per_step"]
     ratios = {}
 
     def ratio(name, a, b):
@@ -275,10 +376,13 @@ def summarise(result: dict, batch: int) -> None:
     if "soft_over_plain" in result.get("training", {}):
         ratios["training_soft_over_plain"] = result["training"]["soft_over_plain"]
     result["ratios"] = ratios
+    if not verbose:
+        return
     for name, t in timings.items():
-        if "ms_per_step" in t:
-            pct = f"  {t['pct_of_floor']:5.1f}% of floor" if "pct_of_floor" in t else ""
-            print(f"{name:12s} {t['ms_per_step']:9.2f} ms/step {t['tokens_per_s']:10.0f} tokens/s{pct}")
+        if "tokens_per_s" in t:
+            pct = f"  decode {t['decode_pct_of_floor']:5.1f}% of floor" if "decode_pct_of_floor" in t else ""
+            print(f"{name:12s} {1e3 * t['s_per_step']:9.2f} ms/step {t['tokens_per_s']:10.0f} tokens/s "
+                  f"(decode only {t['decode_tokens_per_s']:.0f}){pct}")
     for name, value in ratios.items():
         print(f"{name:28s} {value:.3f}")
 
@@ -288,13 +392,35 @@ def write_atomic(path: Path, payload: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "w") as handle:
         json.dump(payload, handle, indent=2, default=str)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+
+
+def save(ctx, verbose: bool = False) -> None:
+    result = ctx["result"]
+    summarise(result, verbose)
+    result["meta"]["elapsed_s"] = round(time.perf_counter() - ctx["started"], 1)
+    write_atomic(ctx["out"], result)
+
+
+class WarningLog(logging.Handler):
+    """Keeps the warnings of tarpo.fast_rollout (recompiles, graph breaks) for the JSON."""
+
+    def __init__(self, into: list):
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record):
+        self.into.append(record.getMessage())
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny config on the CPU (tests the script, < 60 s)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/gpu-<card>-<date>.json)")
+    parser.add_argument("--budget", type=float, default=280.0, help="seconds for the whole run; sections that no "
+                        "longer fit are skipped and recorded")
+    parser.add_argument("--only", default="", help="comma-separated sections to run (default all)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
@@ -306,35 +432,49 @@ def main(argv=None) -> int:
 
     result = {"meta": {"card": card, "date": dt.datetime.now().isoformat(timespec="seconds"),
                        "torch": torch.__version__, "transformers": transformers.__version__,
-                       "dtype": str(dtype), "shape": shape, "router_init_bias": ROUTER_BIAS,
-                       "timing_method": "window of decode steps after warm-up, extrapolated per step"},
-              "check": {}, "timings": {}, "training": {}, "bandwidth_floor": {}, "errors": {}}
-    print(f"card {card}, dtype {dtype}, shape {shape}")
+                       "dtype": str(dtype), "shape": shape, "router_init_bias": ROUTER_BIAS, "budget_s": args.budget,
+                       "timing_method": "full-length runs timed end to end; decode = full minus a 1-step run"},
+              "check": {}, "timings": {}, "training": {}, "logprob_memory": {}, "bandwidth_floor": {},
+              "errors": {}, "skipped": {}, "section_s": {}, "warnings": []}
+    logging.getLogger("tarpo.fast_rollout").addHandler(WarningLog(result["warnings"]))
+    print(f"card {card}, dtype {dtype}, shape {shape}", flush=True)
+    ctx = {"shape": shape, "device": device, "dtype": dtype, "result": result, "out": out, "started": started}
+    only = {name for name in args.only.split(",") if name}
 
     def guarded(name, fn, store):
+        remaining = args.budget - (time.perf_counter() - started)
+        limit = min(LIMITS[name] * (4 if args.tiny else 1), remaining)
+        if (only and name not in only and name != "build") or remaining < min(5, LIMITS[name]):
+            result["skipped"][name] = "not selected" if only and name not in only else f"{remaining:.0f} s left"
+            save(ctx)
+            return
         t0 = time.perf_counter()
         try:
-            store(fn())
-        except Exception:  # one failed section must not hide the others
+            with time_limit(limit):
+                store(fn())
+        except Exception:  # one failed or slow section must not hide the others
             result["errors"][name] = traceback.format_exc(limit=8)
-            print(f"[{name}] FAILED:\n{result['errors'][name]}", file=sys.stderr)
-        print(f"[{name}] {time.perf_counter() - t0:.1f} s (total {time.perf_counter() - started:.1f} s)")
+            print(f"[{name}] FAILED:\n{result['errors'][name]}", file=sys.stderr, flush=True)
+        result["section_s"][name] = round(time.perf_counter() - t0, 1)
+        save(ctx)
+        print(f"[{name}] {time.perf_counter() - t0:.1f} s (total {time.perf_counter() - started:.1f} s)", flush=True)
 
-    ctx = {"shape": shape, "device": device, "dtype": dtype}
     guarded("build", lambda: ctx.update(policy=build_policy(shape, device, dtype), marker=synthetic_marker(
         shape["vocab"]).to(device), prompts=prompts(shape, device)), lambda _: None)
     if "policy" in ctx:
         guarded("floor", lambda: bandwidth_floor(ctx, card), lambda v: result.__setitem__("bandwidth_floor", v))
+        guarded("generate", lambda: section_generate(ctx), lambda v: result["timings"].__setitem__("generate", v))
         guarded("check", lambda: section_check(ctx), lambda v: result.__setitem__("check", v))
         for name, fn in (("fast_tarpo", lambda: section_fast(ctx, "tarpo")),
-                         ("fast_hard", lambda: section_fast(ctx, "hard")),
-                         ("eager", lambda: section_eager(ctx)), ("generate", lambda: section_generate(ctx))):
+                         ("fast_hard", lambda: section_fast(ctx, "hard")), ("eager", lambda: section_eager(ctx))):
             guarded(name, fn, lambda v, name=name: result["timings"].__setitem__(name, v))
+        guarded("logprob_memory", lambda: section_logprob_memory(ctx),
+                lambda v: result.__setitem__("logprob_memory", v))
         guarded("training", lambda: section_training(ctx), lambda v: result.__setitem__("training", v))
-    summarise(result, shape["batch"])
     result["meta"]["total_s"] = round(time.perf_counter() - started, 1)
-    write_atomic(out, result)
-    print(f"wrote {out} ({result['meta']['total_s']} s, {len(result['errors'])} failed sections)")
+    save(ctx, verbose=True)
+    print(f"wrote {out} ({result['meta']['total_s']} s, {len(result['errors'])} failed, "
+          f"{len(result['skipped'])} skipped sections)", flush=True)
     return 0
 
 

@@ -7,8 +7,10 @@ decision logic is NOT re-implemented here: each step calls `choose_step`, `draw_
 What makes it fast:
 1. A static KV cache (`StaticKVCache`) of B x (P + T_max) positions per layer, allocated once per shape and
    written by index, plus an additive attention mask built from a preallocated (B, P + T_max) key mask in
-   which each fed position is switched on. Shapes never change inside the loop, so one compiled graph serves
-   every step.
+   which each fed position is switched on. Step t attends only the first `length_bucket(P + t + 1)` positions
+   (powers of two, capped at P + T_max): one compiled graph per bucket, a few per rollout.
+1b. Decode steps attend through `tarpo.attention.decode_attention`: K/V stay in their KV-head layout (no
+   `repeat_kv` expansion, which at 7 query heads per KV head would move more bytes than the weights).
 2. All per-step outputs are written by index into preallocated (B, T_max, ...) buffers inside the step; the
    step returns nothing, so CUDA-graph replays never overwrite a tensor we still hold (gpu-anchors lesson).
 3. The decode step (logits + router + `choose_step` + forward of the next input) is compiled with
@@ -19,27 +21,37 @@ What makes it fast:
    trimmed to the step at which the last row finished, exactly where the eager loop stops, and the generator
    is rewound to its state after that step, so a following rollout with the same generator matches too.
 
-The engine (buffers + compiled step) is cached per policy and rebuilt when the shape (B, P, T_max) or the
-settings change: a new shape means a new compile. `prompt_multiple` left-pads prompts to a multiple of that
-length so that varying prompt lengths share a few compiled shapes (extra left pads are masked and get no
-position, so they change results only by floating-point summation order).
+Engines (buffers + compiled step) are cached per policy and shape (B, P, T_max, settings), the
+`MAX_ENGINES_PER_POLICY` most recently used kept: a new shape means new compiles, a shape seen before none.
+`prompt_multiple` left-pads prompts to a multiple of that length so that varying prompt lengths share a few
+compiled shapes (extra left pads are masked and get no position, so they change results only by
+floating-point summation order). `CompiledStep` forbids graph breaks and dynamo's silent eager fallback and
+logs a warning when a bucket compiles a second time.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import inspect
+import logging
+import types
 import weakref
 from typing import Any
 
 import torch
 
+from tarpo.attention import decode_attention_active
 from tarpo.rollout import (DecodeState, Rollout, RolloutSettings, choose_step, draw_uniforms, prompt_positions,
                            rollout_from_records, rollout as eager_rollout)
 
 ENGINES = ("auto", "eager", "fast")
 SUPPORTED_ATTENTION = ("sdpa", "eager")
-_ENGINE_CACHE: "weakref.WeakKeyDictionary[Any, _DecodeEngine]" = weakref.WeakKeyDictionary()
+MAX_ENGINES_PER_POLICY = 4  # shapes kept compiled per policy (prompt buckets x batch sizes of one run)
+RECOMPILE_LIMIT = 64  # dynamo cache entries per code object: engines x length buckets, with room to spare
+_ENGINE_CACHE: "weakref.WeakKeyDictionary[Any, collections.OrderedDict]" = weakref.WeakKeyDictionary()
+_SHAPES_BUILT: "weakref.WeakKeyDictionary[Any, set]" = weakref.WeakKeyDictionary()  # to warn on rebuilds
+logger = logging.getLogger(__name__)
 
 
 class StaticKVCache:
@@ -47,9 +59,10 @@ class StaticKVCache:
 
     Duck-typed against the `transformers` Cache interface that decoder layers use (`update`), so it works
     with the 5.x signatures `update(k, v, layer_idx)` and the older `update(k, v, layer_idx, cache_kwargs)`.
-    The write position lives in a (1,) long tensor moved in place (`advance`): no Python int changes between
-    steps, hence no recompilation. `update` returns the full-length cache; the attention mask hides unwritten
-    positions.
+    The write position lives in a (1,) long tensor moved in place: no Python int changes between steps, hence
+    no recompilation. `update` returns the first `view_len` positions (a view, no copy): the decode step sets
+    it to the step's length bucket, so attention reads the filled prefix rounded up, not the whole capacity;
+    the attention mask hides the unwritten positions inside the bucket.
     """
 
     is_compileable = True
@@ -59,18 +72,19 @@ class StaticKVCache:
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.max_cache_len = length
+        self.view_len = length  # positions `update` returns; a Python int, so each value is its own graph
         self.is_sliding = [False] * num_layers
         self.write_start = torch.zeros(1, dtype=torch.long, device=device)  # first position the next update writes
         for tensor in (*self.keys, *self.values, self.write_start):
             _mark_static(tensor)
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
-        """Write (B, H_kv, q, D) states at write_start .. write_start + q - 1; return the whole cache."""
+        """Write (B, H_kv, q, D) states at write_start .. write_start + q - 1; return positions 0 .. view_len - 1."""
         q = key_states.shape[-2]
         index = self.write_start + torch.arange(q, device=key_states.device)
         self.keys[layer_idx].index_copy_(2, index, key_states)
         self.values[layer_idx].index_copy_(2, index, value_states)
-        return self.keys[layer_idx], self.values[layer_idx]
+        return self.keys[layer_idx][:, :, : self.view_len], self.values[layer_idx][:, :, : self.view_len]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Never needed by our calls (we pass position ids and a 4D mask); the capacity is a safe answer."""
@@ -131,7 +145,7 @@ class _DecodeEngine:
             raise ValueError(f"fast_rollout needs attention 'sdpa' or 'eager' (custom 4D masks); got {attention!r}")
         if "sliding_attention" in (getattr(text_config, "layer_types", None) or ()):
             raise ValueError("fast_rollout does not support sliding-window attention layers")
-        self.settings, self.compiled = settings, compile
+        self.settings, self.compiled, self.text_config = settings, compile is not False, text_config
         self.batch, self.prompt_len, self.max_steps = batch, prompt_len, settings.max_new_tokens
         self.length = prompt_len + self.max_steps  # L: cache positions
         self.pass_cache_position = "cache_position" in inspect.signature(
@@ -160,10 +174,19 @@ class _DecodeEngine:
             _mark_static(tensor)
         if settings.marker is not None:
             _mark_static(settings.marker.table)
-        self.step = self._step
-        if compile:
-            mode = "reduce-overhead" if device.type == "cuda" else None
-            self.step = torch.compile(self._step, mode=mode, dynamic=False, fullgraph=False)
+        self.step = CompiledStep(self._step, device, compile) if self.compiled else None
+
+    def bucket(self, step_index: int) -> int:
+        """Cache positions the step `step_index` attends: it writes position P + t and reads 0 .. P + t."""
+        return length_bucket(self.prompt_len + step_index + 1, self.length)
+
+    def run_step(self, policy, step_index: int, token_u, router_u) -> None:
+        """One decode step over the length bucket of `step_index` (compiled: one graph per bucket)."""
+        self.cache.view_len = self.bucket(step_index)
+        if self.step is None:
+            self._step(policy, token_u, router_u)
+        else:
+            self.step(self.cache.view_len, policy, token_u, router_u)
 
     def _forward(self, policy, inputs_embeds: torch.Tensor, allowed: torch.Tensor, position_ids: torch.Tensor):
         """Decoder over (B, q, d) inputs at cache positions write_start.., mask `allowed` (B, 1, q, L) bool."""
@@ -180,11 +203,12 @@ class _DecodeEngine:
         for tensor in (self.key_mask, self.step_index, self.finished, self.marker_state, self.soft_used,
                        self.soft_run, *self.records.values()):
             tensor.zero_()
-        P, L = self.prompt_len, self.length
+        P = self.prompt_len
         self.key_mask[:, :P] = prompt_mask
         positions = prompt_positions(prompt_mask)  # (B, P), as in the eager loop
-        causal = torch.arange(L, device=self.device)[None, :] <= torch.arange(P, device=self.device)[:, None]
-        allowed = (causal[None] & self.key_mask[:, None, :].bool()).unsqueeze(1)  # (B, 1, P, L)
+        causal = torch.arange(P, device=self.device)[None, :] <= torch.arange(P, device=self.device)[:, None]
+        allowed = (causal[None] & self.key_mask[:, None, :P].bool()).unsqueeze(1)  # (B, 1, P, P)
+        self.cache.view_len = P
         hidden = self._forward(policy, policy.embedding_weight[prompt_ids], allowed, positions)
         self.last_hidden.copy_(hidden[:, -1])
         self.positions.copy_(positions[:, -1:] + 1)
@@ -207,7 +231,7 @@ class _DecodeEngine:
         self.soft_run.copy_(state.soft_run)
         # feed e_t: like the eager loop, every row (finished ones too) gets the new column switched on
         self.key_mask.index_fill_(1, self.cache.write_start, 1)
-        allowed = self.key_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+        allowed = self.key_mask[:, : self.cache.view_len].bool()[:, None, None, :]  # (B, 1, 1, L_bucket)
         hidden = self._forward(policy, result.next_embeds.unsqueeze(1), allowed, self.positions)
         self.last_hidden.copy_(hidden[:, -1])
         self.positions.add_(1)
@@ -220,16 +244,97 @@ class _DecodeEngine:
         return rollout_from_records(prompt_ids, prompt_mask, out, self.finished)
 
 
-def _engine_for(policy, settings, batch: int, prompt_len: int, compile: bool) -> _DecodeEngine:
-    """The cached engine for this policy if its shape and settings match, else a new one (replacing it)."""
+def length_bucket(needed: int, capacity: int, smallest: int = 16) -> int:
+    """Smallest power of two >= `needed` (at least `smallest`), capped at `capacity`.
+
+    Attention reads at most twice the filled prefix, and a rollout of T steps after a prompt of P compiles
+    about log2((P + T) / P) + 1 graphs. Example: P 256, T 512 -> 512 for steps 0-255, 768 after.
+    """
+    return min(capacity, max(smallest, 1 << (needed - 1).bit_length()))
+
+
+def _graphs_compiled() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+class CompiledStep:
+    """`torch.compile` of the decode step, one graph per length bucket, that says when it compiles again.
+
+    fullgraph=True: a graph break raises instead of silently running pieces eagerly; should the installed
+    `transformers` break the graph anyway, we warn once and compile with breaks allowed (`fell_back`).
+    Dynamo keeps compiled graphs per code object and stops compiling one (silently running it eagerly) past
+    its recompile limit; each CompiledStep therefore compiles its own copy of the step's code, whose graphs
+    live and die with its engine, and every call makes hitting the limit an error instead. `graphs[bucket]`
+    counts calls that compiled; a second one (a guard failed: some input changed shape, dtype or identity)
+    logs a warning.
+    """
+
+    def __init__(self, step, device: torch.device, backend: str | bool):
+        self.backend = "inductor" if backend is True else backend
+        self.mode = "reduce-overhead" if device.type == "cuda" and self.backend == "inductor" else None
+        step = _with_own_code(step)
+        self._raw = step
+        self._fn = torch.compile(step, backend=self.backend, mode=self.mode, dynamic=False, fullgraph=True)
+        self.graphs: collections.Counter = collections.Counter()
+        self.fell_back: str | None = None
+
+    def __call__(self, bucket: int, *args) -> None:
+        before = _graphs_compiled()
+        with torch._dynamo.config.patch(**_limit_patch()):
+            try:
+                self._fn(*args)
+            except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError) as error:  # fullgraph=True broke
+                if self.fell_back is not None:
+                    raise
+                self.fell_back = str(error).splitlines()[0]
+                logger.warning("fast_rollout: the decode step breaks the graph (%s); compiling it in pieces, "
+                               "which is slower", self.fell_back)
+                self._fn = torch.compile(self._raw, backend=self.backend, mode=self.mode, dynamic=False)
+                self._fn(*args)
+        if _graphs_compiled() > before:
+            self.graphs[bucket] += 1
+            if self.graphs[bucket] > 1:
+                logger.warning("fast_rollout: the decode step compiled again for cache length %d (%d times); an "
+                               "input changed shape, dtype or identity", bucket, self.graphs[bucket])
+
+
+def _with_own_code(fn):
+    """The same function (or bound method) over a fresh copy of its code object: its own dynamo cache."""
+    func = getattr(fn, "__func__", fn)
+    copy = types.FunctionType(func.__code__.replace(), func.__globals__, func.__name__, func.__defaults__,
+                              func.__closure__)
+    copy.__kwdefaults__, copy.__qualname__ = func.__kwdefaults__, func.__qualname__
+    return types.MethodType(copy, fn.__self__) if hasattr(fn, "__self__") else copy
+
+
+def _limit_patch() -> dict:
+    """Dynamo settings for our calls: enough cache entries for every engine x bucket, and no silent eager."""
+    config = torch._dynamo.config
+    patch = {"recompile_limit": max(RECOMPILE_LIMIT, config.recompile_limit)}
+    if hasattr(config, "fail_on_recompile_limit_hit") and not config.suppress_errors:
+        patch["fail_on_recompile_limit_hit"] = True
+    return patch
+
+
+def _engine_for(policy, settings, batch: int, prompt_len: int, compile: bool | str) -> _DecodeEngine:
+    """The cached engine for this policy and shape, else a new one; the least recently used beyond
+    `MAX_ENGINES_PER_POLICY` is dropped (its static cache memory freed), so a run keeps its few shapes compiled."""
     key = (batch, prompt_len, compile, policy.embedding_weight.dtype, str(policy.device), _settings_key(settings))
-    engine = _ENGINE_CACHE.get(policy)
-    if engine is None or engine.key != key:
-        _ENGINE_CACHE.pop(policy, None)  # free the old cache memory before allocating the new one
-        engine = _DecodeEngine(policy, settings, batch, prompt_len, compile)
-        engine.key = key
-        _ENGINE_CACHE[policy] = engine
-    return engine
+    engines = _ENGINE_CACHE.setdefault(policy, collections.OrderedDict())
+    if key in engines:
+        engines.move_to_end(key)
+        return engines[key]
+    while len(engines) >= MAX_ENGINES_PER_POLICY:
+        engines.popitem(last=False)
+    built = _SHAPES_BUILT.setdefault(policy, set())
+    if compile and key in built:
+        logger.warning("fast_rollout: rebuilding (and recompiling) the engine for batch %d, prompt length %d: more "
+                       "than %d shapes are in use; raise prompt_multiple", batch, prompt_len, MAX_ENGINES_PER_POLICY)
+    built.add(key)
+    engines[key] = _DecodeEngine(policy, settings, batch, prompt_len, compile)
+    return engines[key]
 
 
 def _default_generator(device: torch.device) -> torch.Generator:
@@ -254,7 +359,8 @@ def fast_rollout(policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *,
                  prompt_multiple: int | None = None, step_limit: int | None = None) -> Rollout:
     """Hybrid decode on static buffers; the same record as `tarpo.rollout.rollout` for the same seed.
 
-    compile: None = compile on CUDA only (CUDA graphs); on CPU `True` uses inductor's default mode.
+    compile: None = compile on CUDA only (CUDA graphs); on CPU `True` uses inductor's default mode; a string
+    names another dynamo backend (tests use "eager" to check graphs and guards without inductor's compile time).
     sync_every: steps between the host checks "all rows finished?" (the loop's only synchronisation).
     prompt_multiple: left-pad prompts to a multiple of this many tokens so that batches share compiled shapes;
     None = 64 when compiling, else 1 (exact shapes). The returned record carries the caller's prompt tensors.
@@ -275,18 +381,19 @@ def fast_rollout(policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *,
     engine.prefill(policy, run_ids, run_mask)
     rng_after: list[torch.Tensor] = []  # generator state after each step since the last sync
     steps_run, limit = 0, min(settings.max_new_tokens, step_limit or settings.max_new_tokens)
-    while steps_run < limit:
-        window = min(sync_every, limit - steps_run)
-        rng_after.clear()
-        for _ in range(window):
-            token_u, router_u = draw_uniforms(settings, batch, engine.vocab, generator, device)
-            rng_after.append(generator.get_state())
-            if compile and device.type == "cuda":
-                torch.compiler.cudagraph_mark_step_begin()
-            engine.step(policy, token_u, router_u)
-        steps_run += window
-        if bool(engine.finished.all()):  # the loop's only host sync
-            break
+    with decode_attention_active(engine.text_config):
+        while steps_run < limit:
+            window = min(sync_every, limit - steps_run)
+            rng_after.clear()
+            for i in range(window):
+                token_u, router_u = draw_uniforms(settings, batch, engine.vocab, generator, device)
+                rng_after.append(generator.get_state())
+                if engine.step is not None and device.type == "cuda":
+                    torch.compiler.cudagraph_mark_step_begin()
+                engine.run_step(policy, steps_run + i, token_u, router_u)
+            steps_run += window
+            if bool(engine.finished.all()):  # the loop's only host sync
+                break
     steps = steps_run
     if bool(engine.finished.all()):
         # the eager loop stops right after the step where the last row ended: trim there, rewind the rng

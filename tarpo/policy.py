@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from tarpo.router import Router
+from tarpo.token_logprobs import token_logprobs
 
 
 class HybridPolicy(nn.Module):
@@ -68,15 +69,27 @@ class HybridPolicy(nn.Module):
         return router(hidden)
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                first_scored: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training forward: token and router logits for positions first_scored.. (B, T, V), (B, T, 2).
+                first_scored: int, target_ids: torch.Tensor | None = None, sampling: dict | None = None,
+                with_entropy: bool = True) -> tuple[torch.Tensor, ...]:
+        """Training forward over positions first_scored.. (T of them).
+
+        Without `target_ids`: token and router logits (B, T, V), (B, T, 2). With `target_ids` (B, T):
+        log q(target) (B, T), log p(target) under the unfiltered tempered softmax (B, T; the same tensor when no
+        filter is active), the entropy of q (B, T) or None, router logits (B, T, 2), where q is
+        `tarpo.sampling` with `sampling` = dict(temperature=, top_k=, top_p=), computed in chunks
+        (`tarpo.token_logprobs`) so no (B, T, V) fp32 tensor is ever held.
 
         Heads run inside `forward` so that a DDP/FSDP wrapper around the policy sees every trainable
         parameter used in one call; only the scored positions reach the (large) output layer.
         """
         hidden, _ = self.hidden_states(inputs_embeds, attention_mask, position_ids)
         hidden = hidden[:, first_scored:]
-        return self.token_logits(hidden), self.router_logits(hidden)
+        if target_ids is None:
+            return self.token_logits(hidden), self.router_logits(hidden)
+        token_logp, tempered_logp, entropy = token_logprobs(
+            hidden, self.token_logits, target_ids, with_entropy=with_entropy, vocab_size=self.vocab_size,
+            **(sampling or {"temperature": 1.0}))
+        return token_logp, tempered_logp, entropy, self.router_logits(hidden)
 
     @contextlib.contextmanager
     def reference(self) -> Iterator["HybridPolicy"]:

@@ -27,8 +27,7 @@ import torch
 
 from tarpo.marker import MarkerMatcher
 from tarpo.mixing import mix_inputs, mix_inputs_dense, topk_mixture_weights
-from tarpo.sampling import (entropy_from_logprobs, filters_active, gather_logprob, gumbel_argmax, sampling_logprobs,
-                            tempered_logprobs)
+from tarpo.sampling import gather_logprob, gumbel_argmax, sampling_logprobs
 
 ROUTER_MODES = ("tarpo", "hard", "soft-fixed")
 
@@ -313,7 +312,7 @@ class ReplayOutput:
     token_logp: torch.Tensor      # (B, T) log q_theta(y_t) under the sampling distribution, with gradient
     tempered_token_logp: torch.Tensor  # (B, T) log p_theta(y_t) under softmax(z / tau), NO filter (the KL's), with gradient
     router_logp: torch.Tensor     # (B, T) log pi_theta(a_t) of the recorded action, with gradient
-    token_entropy: torch.Tensor   # (B, T)
+    token_entropy: torch.Tensor | None  # (B, T); None when not asked for (the reference pass)
     router_entropy: torch.Tensor  # (B, T)
 
 
@@ -329,7 +328,8 @@ def replay_inputs(policy, rollout_: Rollout) -> tuple[torch.Tensor, torch.Tensor
     return embeds.detach(), attention_mask, prompt_positions(attention_mask)
 
 
-def replay(policy, rollout_: Rollout, *, settings: RolloutSettings, module=None) -> ReplayOutput:
+def replay(policy, rollout_: Rollout, *, settings: RolloutSettings, module=None,
+           with_entropy: bool = True) -> ReplayOutput:
     """Training forward on a recorded rollout: log-probs of the recorded tokens and actions, with gradients.
 
     The hidden state at the input before step t gives both the logits of y_t and the router logits of a_t.
@@ -339,14 +339,10 @@ def replay(policy, rollout_: Rollout, *, settings: RolloutSettings, module=None)
     rollout_ = rollout_.to(policy.device)
     embeds, attention_mask, positions = replay_inputs(policy, rollout_)
     prompt_len = rollout_.prompt_ids.shape[1]
-    token_logits, router_logits = (module or policy)(embeds, attention_mask, positions, prompt_len - 1)
-    log_q = sampling_logprobs(token_logits, settings.temperature, settings.top_k, settings.top_p)
-    token_logp = gather_logprob(log_q, rollout_.completion_ids)
-    tempered_token_logp = token_logp
-    if filters_active(log_q.shape[-1], settings.top_k, settings.top_p):
-        tempered_token_logp = tempered_logprobs(token_logits, settings.temperature).gather(
-            -1, rollout_.completion_ids.unsqueeze(-1)).squeeze(-1)
-    token_entropy = entropy_from_logprobs(log_q.detach())
+    sampling = dict(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
+    token_logp, tempered_token_logp, token_entropy, router_logits = (module or policy)(  # chunked over T: no
+        embeds, attention_mask, positions, prompt_len - 1, target_ids=rollout_.completion_ids,  # (B, T, V) fp32
+        sampling=sampling, with_entropy=with_entropy)
     router_log_p = torch.log_softmax(router_logits / settings.router_temperature, dim=-1)
     router_logp = router_log_p.gather(-1, rollout_.soft_mask.long().unsqueeze(-1)).squeeze(-1)
     router_entropy = -(router_log_p.exp() * router_log_p).sum(-1).detach()

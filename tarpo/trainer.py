@@ -245,7 +245,7 @@ class TarpoTrainer:
         tokens, routers = [], []
         with torch.no_grad(), self.policy.reference():
             for chunk in rows:
-                out = replay(self.policy, batch.select(chunk), settings=self.rollout_settings)
+                out = replay(self.policy, batch.select(chunk), settings=self.rollout_settings, with_entropy=False)
                 tokens.append(out.tempered_token_logp)  # the KL compares unfiltered p_t (tarpo.objective)
                 routers.append(out.router_logp)
         return tokens, routers
