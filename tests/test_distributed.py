@@ -180,3 +180,22 @@ def test_sigkilled_fsdp2_run_resumes_exactly(fsdp_run, tmp_path):
     assert [r["step"] for r in steps_logged(tmp_path)] == [1, 2, 3]
     assert torch.equal(torch.load(tmp_path / "params-rank0.pt"), torch.load(fsdp_run / "params-rank0.pt"))
     assert [r["reward_mean"] for r in steps_logged(tmp_path)] == [r["reward_mean"] for r in steps_logged(fsdp_run)]
+
+
+@pytest.mark.slow
+def test_two_machines_on_localhost_train_to_the_parameters_of_one_machine(ddp_run, tmp_path):
+    """`accelerate launch --num_machines 2`, one process per "machine", rendezvous over 127.0.0.1 (gloo)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    machines = [subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+         "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+         "--main_process_port", "29545", "--mixed_precision", "no", "--dynamo_backend", "no",
+         str(DRIVER), "--out", str(tmp_path), *map(str, COMMON)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) for rank in (0, 1)]
+    errors = [machine.communicate(timeout=600)[1] for machine in machines]
+    assert [m.returncode for m in machines] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    one_machine = torch.load(ddp_run / "params-rank0.pt")
+    assert torch.equal(torch.load(tmp_path / "params-rank0.pt"), one_machine)
+    assert torch.equal(torch.load(tmp_path / "params-rank1.pt"), one_machine)
+    assert [r["reward_mean"] for r in steps_logged(tmp_path)] == [r["reward_mean"] for r in steps_logged(ddp_run)]
+    assert list_checkpoints(tmp_path / "checkpoints")[-1].name == "step-000003"
