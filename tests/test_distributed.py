@@ -123,6 +123,17 @@ def test_transformer_based_wrap_finds_the_decoder_blocks_through_the_policy():
     assert wrapped == ["backbone.base_model.model.model.layers.0", "backbone.base_model.model.model.layers.1"]
 
 
+def test_shipped_accelerate_configs_take_supported_paths():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    configs = {path.stem: load_config_from_file(str(path)) for path in sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))}
+    assert set(configs) == {"single_gpu", "multi_gpu", "multi_node", "fsdp", "deepspeed_zero2"}
+    fsdp = configs["fsdp"].fsdp_config
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert int(configs["deepspeed_zero2"].deepspeed_config["zero_stage"]) <= 2
+    assert configs["multi_node"].num_machines == 2
+
+
 # ------------------------------------------------------------------------ two CPU processes over gloo
 COMMON = ("--steps", 3, "--micro-batch", 4, "--checkpoint-every", 2)  # 8 local rows: 2 micro-batches
 
