@@ -1,11 +1,22 @@
-# TARPO on NVIDIA GPUs: `docker build -t tarpo .` then
-#   docker run --gpus all -v "$PWD/models:/app/models" tarpo train --model qwen2.5-7b
+# TARPO on NVIDIA GPUs. The image is the environment; your clone, mounted at /workspace, is the working
+# directory, so data, checkpoints, metrics, mlflow.db and dvc.lock land on the host, owned by you:
+#
+#   docker build -t tarpo .
+#   docker run --rm --gpus all --user "$(id -u):$(id -g)" -v "$PWD:/workspace" tarpo dvc repro
+#   docker run --rm --gpus all --ipc=host --user "$(id -u):$(id -g)" -v "$PWD:/workspace" tarpo \
+#       dvc exp run -S model.preset=qwen2.5-7b -S train.num_processes=8 \
+#                   -S train.accelerate_config=configs/accelerate/multi_gpu.yaml
+#
+# (README, "Scaling" > "Docker".) Without a mount the image still runs from the copy baked in below (DVC is
+# configured there without git, `core.no_scm`); its outputs then vanish with the container.
 #
 # CUDA 13.0 because the pinned torch==2.13.0 wheel from PyPI is the cu130 build (torch.version.cuda
 # == "13.0"). The wheel ships its own CUDA libraries (nvidia-*-cu13 packages), so the small `base`
 # flavour suffices; the host needs a driver that supports CUDA 13.0.
 FROM nvidia/cuda:13.0.0-base-ubuntu24.04
 
+# HOME is a world-writable place: `--user $(id -u):$(id -g)` runs as a uid the image has no account for,
+# and git, DVC, MLflow and matplotlib write config/cache files under HOME.
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -13,30 +24,35 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
-    HF_HOME=/app/.cache/huggingface
+    HOME=/tmp/home \
+    HF_HOME=/workspace/models/.hf-cache
 
-# Ubuntu's python3 is 3.12 (torch 2.13 ships cp312 wheels); git lets runs record their commit and
-# lets DVC work on a mounted checkout. Distribution packages are left unpinned on purpose: the
-# archive drops old versions, so pins would break rebuilds; the Python stack is pinned instead.
+# Ubuntu's python3 is 3.12 (torch 2.13 ships cp312 wheels); git lets DVC work on the mounted clone and
+# runs record their commit. Distribution packages are left unpinned on purpose: the archive drops old
+# versions, so pins would break rebuilds; the Python stack is pinned instead.
+# `safe.directory '*'`: git refuses a repository owned by another uid (the mount, when run without --user).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && python3 -m venv "$VIRTUAL_ENV"
+    && python3 -m venv "$VIRTUAL_ENV" \
+    && git config --system --add safe.directory '*' \
+    && mkdir -p /tmp/home && chmod 1777 /tmp/home
 
 # Requirements first: the heavy layer is rebuilt only when requirements.txt changes.
 COPY requirements.txt /tmp/requirements.txt
 RUN pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
 
-# Non-root; uid 1000 is taken by the image's `ubuntu` user. USER is numeric so that Kubernetes'
-# runAsNonRoot can verify it without reading /etc/passwd.
-RUN groupadd --gid 10001 tarpo \
-    && useradd --create-home --uid 10001 --gid 10001 --shell /bin/bash tarpo \
-    && mkdir -p /app \
-    && chown 10001:10001 /app
-WORKDIR /app
-COPY --chown=10001:10001 . .
+# The baked-in copy: used only when nothing is mounted on /workspace. `.git` is not in the build context
+# (.dockerignore), so DVC runs there without git; a mounted clone brings its own .git and .dvc/ (the mount
+# hides this copy, config.local included). World-writable so that any --user can run it.
+WORKDIR /workspace
+COPY . .
+RUN dvc config --local core.no_scm true \
+    && chmod -R a+rwX /workspace
+
+# Non-root by default; `--user $(id -u):$(id -g)` overrides it so that files on the mount are yours.
+# Numeric so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
 
-ENTRYPOINT ["python", "cli.py"]
-CMD ["--help"]
+CMD ["python", "cli.py", "--help"]

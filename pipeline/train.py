@@ -39,7 +39,12 @@ UNHASHED_TRAIN_KEYS = ("checkpoint_every", "keep_checkpoints", "log_samples_ever
 def needs_launch(cfg) -> bool:
     """True when this process should re-launch itself through `accelerate launch`."""
     multi = cfg.train.num_processes > 1 or cfg.train.accelerate_config is not None
-    return multi and os.environ.get(LAUNCHED_ENV) != "1"
+    return multi and os.environ.get(LAUNCHED_ENV) != "1" and not launched_externally()
+
+
+def launched_externally() -> bool:
+    """True under a launcher the user started (`accelerate launch` / `srun` across nodes), not `launch_command`."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get(LAUNCHED_ENV) != "1"
 
 
 def launch_command(cfg, argv: list[str], *, cuda: bool) -> list[str]:
@@ -132,7 +137,7 @@ def _open_train_run(tracking_cfg, run_id: str | None, tags: dict, log):
 
 
 # ------------------------------------------------------------------------------------ the stage
-def build_trainer(cfg, records, base: Path | None, checkpoint_dir: Path, models_dir, log):
+def build_trainer(cfg, records, base: Path | None, checkpoint_dir: Path, models_dir, log, params_hash=None):
     """(TarpoTrainer, resolved model) for the config: policy from the warm-up output or the preset."""
     from tarpo.factory import load_policy
     from tarpo.rewards import make_reward_fn
@@ -147,7 +152,8 @@ def build_trainer(cfg, records, base: Path | None, checkpoint_dir: Path, models_
         [r.answer for r in records], lambda texts, golds, ro: [float(x) for x in reward(texts, golds, ro)],
         settings=TrainSettings.from_config(cfg),
         rollout_settings=RolloutSettings.from_config(cfg.rollout, cfg.router, tokenizer, policy.vocab_size),
-        output_dir=checkpoint_dir.parent, log=log)  # the trainer keeps checkpoints in <output_dir>/checkpoints
+        output_dir=checkpoint_dir.parent, log=log,  # the trainer keeps checkpoints in <output_dir>/checkpoints
+        params_hash=params_hash)
     if trainer.checkpoint_dir != checkpoint_dir:
         raise ValueError(f"checkpoint dir {checkpoint_dir} must be named 'checkpoints' (the trainer's layout)")
     return trainer, resolved
@@ -168,10 +174,15 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
     checkpoint_dir = Path(checkpoint_dir)
     child = os.environ.get(LAUNCHED_ENV) == "1"
     digest = params_hash(cfg, train_path, warmup_dir)
-    if not child:  # the launcher already did this before starting the processes
+    external = launched_externally()
+    if not child and not external:  # our launcher already did this before starting the processes
         prepare_checkpoints(checkpoint_dir, digest, resume, log)
 
-    trainer, resolved = build_trainer(cfg, records, base, checkpoint_dir, models_dir, log)
+    trainer, resolved = build_trainer(cfg, records, base, checkpoint_dir, models_dir, log, params_hash=digest)
+    if external:  # started by the user's launcher (e.g. on several nodes): one process prepares, all wait
+        if trainer.accelerator.is_main_process:
+            prepare_checkpoints(checkpoint_dir, digest, resume, log)
+        trainer.accelerator.wait_for_everyone()
     resumed = trainer.resume() if resume else False
     main = trainer.accelerator.is_main_process
     tracker = None

@@ -40,6 +40,12 @@ class HybridPolicy(nn.Module):
         return get_base() if callable(get_base) else self.backbone
 
     @property
+    def _no_split_modules(self) -> list[str]:
+        """The backbone's decoder-block class names: FSDP's TRANSFORMER_BASED_WRAP shards each such block
+        separately (Accelerate reads this attribute from the module it prepares, i.e. from us)."""
+        return list(getattr(self.causal_lm, "_no_split_modules", None) or [])
+
+    @property
     def embedding_weight(self) -> torch.Tensor:
         return self.causal_lm.get_input_embeddings().weight
 

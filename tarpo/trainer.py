@@ -25,8 +25,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from tarpo.checkpoint import (TrainerState, load_checkpoint, newest_valid_checkpoint, save_checkpoint,
-                              save_weights)
+from tarpo import sharding
+from tarpo.checkpoint import (TrainerState, choose_checkpoint, load_checkpoint, router_snapshot, save_checkpoint,
+                              trainable_state, write_weights)
 from tarpo.objective import (LossInputs, LossSettings, Normaliser, advantage_stats, group_advantages, merge_stats,
                              tarpo_loss)
 from tarpo.render import completion_text, render_html
@@ -152,7 +153,8 @@ class TarpoTrainer:
 
     def __init__(self, policy, tokenizer, prompts: Sequence[str], answers: Sequence[str], reward_fn: RewardFn, *,
                  settings: TrainSettings, rollout_settings: RolloutSettings, output_dir: str | Path,
-                 accelerator=None, tracker: Tracker | None = None, rollout_fn=run_rollout, log=print):
+                 accelerator=None, tracker: Tracker | None = None, rollout_fn=run_rollout, log=print,
+                 params_hash: str | None = None):
         from accelerate import Accelerator
 
         if len(prompts) != len(answers) or not prompts:
@@ -179,8 +181,17 @@ class TarpoTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(total, settings.warmup_ratio, settings.lr_schedule))
         # the scheduler is not prepared: Accelerate would step it once per process per call
-        self.module, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
-        self.state = TrainerState(run_id=uuid.uuid4().hex)
+        self.engine = sharding.engine_name(self.accelerator)
+        self.micro_batches = local_rows // settings.micro_batch_size
+        self._routers = router_snapshot(policy)  # before sharding: frozen routers are exported from this copy
+        self.module, self.optimizer = sharding.prepare(
+            self.accelerator, policy, self.optimizer, micro_batch_size=settings.micro_batch_size,
+            micro_batches=self.micro_batches, max_grad_norm=settings.max_grad_norm)
+        if self.engine == "fsdp2" and rollout_fn is run_rollout:  # CUDA graphs cannot capture FSDP's all-gathers
+            self.rollout_fn = functools.partial(run_rollout, engine="eager")
+        self.params_hash = params_hash
+        self.state = TrainerState(run_id=uuid.uuid4().hex, params_hash=params_hash)
+        self._saved_weights: tuple[int, dict] | None = None  # (step, full trainable state) of the last save
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -188,27 +199,38 @@ class TarpoTrainer:
         return self.output_dir / "checkpoints"
 
     def resume(self) -> bool:
-        """Load the newest complete checkpoint; returns False when there is none."""
-        found = newest_valid_checkpoint(self.checkpoint_dir, warn=self.log)
+        """Load the newest complete checkpoint on every process; returns False when there is none."""
+        found = choose_checkpoint(self.checkpoint_dir, self.accelerator, warn=self.log, params_hash=self.params_hash)
         if found is None:
             return False
-        self.state = load_checkpoint(found, self.policy, self.optimizer, self.scheduler)
+        sharding.reshard(self.accelerator, self.module)
+        self.state = load_checkpoint(found, self.accelerator, self.policy, self.optimizer, self.scheduler,
+                                     engine=self.engine, engine_module=self.module, warn=self.log)
         self.log(f"resumed from {found} (step {self.state.step})")
         return True
 
-    def save(self) -> Path | None:
-        self.accelerator.wait_for_everyone()
-        path = None
-        if self.accelerator.is_main_process:
-            path = save_checkpoint(self.checkpoint_dir, self.policy, self.optimizer, self.scheduler, self.state,
-                                   self.settings.keep_checkpoints)
-        self.accelerator.wait_for_everyone()
+    def save(self) -> Path:
+        """Checkpoint the current step; every process must call it (state is gathered from all of them)."""
+        sharding.reshard(self.accelerator, self.module)
+        weights = trainable_state(self.accelerator, self.policy)
+        path = save_checkpoint(self.checkpoint_dir, self.accelerator, self.policy, self.optimizer, self.scheduler,
+                               self.state, self.settings.keep_checkpoints, routers=self._routers, weights=weights,
+                               engine=self.engine, engine_module=self.module)
+        self._saved_weights = (self.state.step, weights)
         return path
 
     def export(self, directory: str | Path) -> None:
-        """Final weights (adapter + router + initial router) for evaluation and registration."""
+        """Final weights (adapter + router + initial router) for evaluation and registration, from the main process.
+
+        Gathering sharded weights needs every process: `train()` gathers them at its end, so after it only
+        the main process has to call this; otherwise every process must.
+        """
+        if self._saved_weights is None or self._saved_weights[0] != self.state.step:
+            sharding.reshard(self.accelerator, self.module)
+            self._saved_weights = (self.state.step, trainable_state(self.accelerator, self.policy))
         if self.accelerator.is_main_process:
-            save_weights(self.policy, Path(directory))
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            write_weights(self.policy, self._saved_weights[1], Path(directory), self._routers)
 
     # ------------------------------------------------------------------ one step
     def _local_batch(self) -> tuple[list[str], list[str]]:
@@ -224,6 +246,7 @@ class TarpoTrainer:
         ids, mask = encode_prompts(self.tokenizer, prompts, self.settings.max_prompt_tokens, self.policy.device)
         generator = torch.Generator(device=self.policy.device)
         generator.manual_seed(_step_seed(self.settings.seed, self.state.step, self.accelerator.process_index))
+        sharding.gather_root(self.accelerator, self.module)
         self.policy.eval()
         try:
             return self.rollout_fn(self.policy, ids, mask, settings=self.rollout_settings, generator=generator)
@@ -243,6 +266,7 @@ class TarpoTrainer:
         if not self.settings.loss.beta:
             return None, None
         tokens, routers = [], []
+        sharding.gather_root(self.accelerator, self.module)
         with torch.no_grad(), self.policy.reference():
             for chunk in rows:
                 out = replay(self.policy, batch.select(chunk), settings=self.rollout_settings, with_entropy=False)
@@ -260,8 +284,12 @@ class TarpoTrainer:
                           max_new_tokens=self.rollout_settings.max_new_tokens)
         stats, entropy, router_entropy, finite = [], [], [], True
         for index, chunk in enumerate(chunks):
+            # no gradient sync before the last micro-batch; its context must cover forward and backward
+            sync = functools.partial(sharding.micro_batch, acc, self.module, index == len(chunks) - 1)
             part = batch.select(chunk).to(self.policy.device)
-            out = replay(self.policy, part, settings=self.rollout_settings, module=self.module)
+            sharding.gather_root(acc, self.module)  # the replay inputs read the embedding table outside forward
+            with sync():
+                out = replay(self.policy, part, settings=self.rollout_settings, module=self.module)
             on_policy = s.num_iterations == 1
             inputs = LossInputs(
                 token_logp=out.token_logp, router_logp=out.router_logp,
@@ -272,15 +300,21 @@ class TarpoTrainer:
                 decision_mask=part.decision_mask, tempered_token_logp=out.tempered_token_logp)
             loss, part_stats = tarpo_loss(inputs, s.loss, norm)
             finite &= bool(torch.isfinite(loss))
-            acc.backward(loss * acc.num_processes)  # DDP averages gradients; the loss is a global sum
+            with sync():  # the loss is a global sum; engines average over processes (and DeepSpeed micro-batches)
+                acc.backward(loss * sharding.loss_scale(acc, len(chunks)))
             stats.append(part_stats)
             mask = part.completion_mask
             entropy.append((float(out.token_entropy[mask].sum()), float(mask.sum())))
             decided = part.decision_mask & mask
             router_entropy.append((float(out.router_entropy[decided].sum()), float(decided.sum())))
         grad_norm = acc.clip_grad_norm_([p for p in self.policy.parameters() if p.requires_grad], s.max_grad_norm)
-        finite &= bool(torch.isfinite(torch.as_tensor(grad_norm)))
+        norm_known = grad_norm is not None  # DeepSpeed reports None when it computed no norm
+        grad_norm = sharding.scalar(grad_norm) if norm_known else float("nan")
+        finite &= not norm_known or math.isfinite(grad_norm)
         finite = acc.reduce(torch.tensor(float(not finite), device=acc.device), reduction="sum").item() == 0
+        if not finite and sharding.engine_steps_in_backward(acc):
+            raise TrainingError(f"step {self.state.step}: non-finite loss or gradient under DeepSpeed, whose engine "
+                                f"has already applied the step; resume from the last checkpoint with a lower train.lr")
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             return None

@@ -63,6 +63,9 @@ def test_launch_command_and_when_to_launch(monkeypatch):
     assert "--config_file" in stage.launch_command(with_config, [], cuda=True)
     monkeypatch.setenv(stage.LAUNCHED_ENV, "1")
     assert not stage.needs_launch(cfg)
+    monkeypatch.delenv(stage.LAUNCHED_ENV)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # the user ran `accelerate launch ... cli.py train` (e.g. multi-node)
+    assert not stage.needs_launch(cfg) and stage.launched_externally()
 
 
 def test_plot_rows_and_summary():

@@ -62,6 +62,27 @@ def reward_fn(kind):
     return reward
 
 
+def cpu_fsdp2_accelerator():
+    """An Accelerator on the FSDP2 path over gloo, for CPU tests.
+
+    Accelerate 1.15 only turns FSDP on for GPU-like device types (`AcceleratorState` ignores the FSDP
+    plugin under MULTI_CPU), while torch's `fully_shard` itself runs on a CPU mesh. Switching the state
+    after construction makes `prepare`, `no_sync`, `clip_grad_norm_` take their FSDP2 branches: the same
+    code that runs on GPUs.
+    """
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    accelerator = Accelerator(cpu=True)
+    accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2, auto_wrap_policy="transformer_based_wrap", reshard_after_forward=True,
+        state_dict_type="FULL_STATE_DICT", cpu_ram_efficient_loading=False)
+    # both shared states, as AcceleratorState does on GPUs (a later AcceleratorState() copies PartialState's)
+    PartialState().distributed_type = DistributedType.FSDP
+    accelerator.state.distributed_type = DistributedType.FSDP
+    return accelerator
+
+
 class KillingTrainer(TarpoTrainer):
     """SIGKILLs its own process right after the checkpoint of a given step is on disk."""
 
@@ -91,13 +112,15 @@ def main():
     p.add_argument("--resume", action="store_true")
     p.add_argument("--reward", default="first-even")
     p.add_argument("--max-consecutive", type=int, default=None)
+    p.add_argument("--fsdp", action="store_true", help="FSDP2 over gloo (under accelerate launch)")
     args = p.parse_args()
     policy, tokenizer, rollout_settings, settings = build(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     KillingTrainer.kill_after = args.kill_after
     trainer = KillingTrainer(policy, tokenizer, PROMPTS, ["0"] * len(PROMPTS), reward_fn(args.reward),
-                             settings=settings, rollout_settings=rollout_settings, output_dir=out, log=lambda m: None)
+                             settings=settings, rollout_settings=rollout_settings, output_dir=out, log=lambda m: None,
+                             accelerator=cpu_fsdp2_accelerator() if args.fsdp else None)
     if args.resume:
         trainer.resume()
     rank = trainer.accelerator.process_index
@@ -109,7 +132,8 @@ def main():
 
     trainer.train(on_step=on_step, progress=False)
     trainer.export(out / "final")
-    flat = torch.cat([p.detach().flatten() for p in policy.parameters() if p.requires_grad])
+    full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in policy.parameters() if p.requires_grad]
+    flat = torch.cat([p.detach().flatten() for p in full])  # FSDP2 parameters are DTensor shards
     torch.save(flat, out / f"params-rank{rank}.pt")
 
 

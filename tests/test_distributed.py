@@ -1,0 +1,212 @@
+"""Scale-out paths: micro-batch gradient sync, DeepSpeed prepare, FSDP2 wrapping, FSDP2 vs DDP, FSDP2 kill + resume.
+
+The multi-process runs use the tiny driver under `accelerate launch` on CPU over gloo; FSDP2 is reached
+through `train_driver.cpu_fsdp2_accelerator` (see its docstring for why Accelerate needs the nudge on CPU).
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+from tarpo import sharding
+from tarpo.checkpoint import list_checkpoints
+from tarpo.trainer import TarpoTrainer
+from train_driver import PROMPTS, build, reward_fn
+
+ROOT = Path(__file__).resolve().parents[1]
+DRIVER = Path(__file__).with_name("train_driver.py")
+
+
+def driver_args(**overrides):
+    values = dict(steps=1, prompts=4, micro_batch=4, new_tokens=4, lr=1e-2, router_lr=1e-2, beta=0.0, iterations=1,
+                  aggregation="seq-mean", checkpoint_every=0, max_consecutive=None)
+    return argparse.Namespace(**{**values, **overrides})
+
+
+class RecordingAccelerator(Accelerator):
+    """One CPU process that records where gradient sync is switched off and what each backward sees."""
+
+    def __init__(self):
+        super().__init__(cpu=True)
+        self.events = []
+
+    @contextlib.contextmanager
+    def no_sync(self, model):
+        self.events.append("no_sync")
+        yield
+        self.events.append("sync")
+
+    def backward(self, loss, **kwargs):
+        self.events.append(f"backward(boundary={self.sync_gradients})")
+        super().backward(loss, **kwargs)
+
+
+def test_micro_batches_skip_gradient_sync_until_the_last(tmp_path):
+    policy, tokenizer, rollout_settings, settings = build(driver_args())  # 16 rows / micro-batch 4 = 4
+    accelerator = RecordingAccelerator()
+    trainer = TarpoTrainer(policy, tokenizer, PROMPTS, ["0"] * len(PROMPTS), reward_fn("first-even"),
+                           settings=settings, rollout_settings=rollout_settings, output_dir=tmp_path,
+                           accelerator=accelerator, log=lambda m: None)
+    policy.register_forward_hook(lambda *a: accelerator.events.append("forward"))
+    trainer.train_step()
+    unsynced = ["no_sync", "forward", "sync", "no_sync", "backward(boundary=False)", "sync"]
+    assert accelerator.events == unsynced * 3 + ["forward", "backward(boundary=True)"]
+    assert accelerator.sync_gradients  # restored for whoever runs next
+
+
+class FakeDeepSpeedAccelerator:
+    """What `sharding.prepare` sees of an Accelerator configured for DeepSpeed (needs CUDA to be real)."""
+
+    distributed_type = DistributedType.DEEPSPEED
+    is_fsdp2 = False
+
+    def __init__(self, zero_stage: int, num_processes: int = 4):
+        self.state = SimpleNamespace(deepspeed_plugin=DeepSpeedPlugin(zero_stage=zero_stage))
+        self.num_processes = num_processes
+        self.gradient_accumulation_steps = 1
+        self.calls = []
+
+    def prepare(self, *objects):
+        plugin = self.state.deepspeed_plugin
+        # Accelerate 1.15 `_prepare_deepspeed` raises when no dataloader is passed and this is "auto"
+        assert not plugin.is_auto("train_micro_batch_size_per_gpu")
+        self.calls.append(("prepare", objects, json.loads(json.dumps(plugin.deepspeed_config, default=str))))
+        return objects
+
+
+def test_deepspeed_prepare_gets_batch_geometry_and_clipping_before_prepare():
+    accelerator = FakeDeepSpeedAccelerator(zero_stage=2)
+    policy, optimizer = torch.nn.Linear(2, 2), object()
+    module, prepared = sharding.prepare(accelerator, policy, optimizer, micro_batch_size=2, micro_batches=3,
+                                        max_grad_norm=0.1)
+    assert (module, prepared) == (policy, optimizer)
+    [(name, objects, config)] = accelerator.calls
+    assert objects == (policy, optimizer)  # no dataloader needed
+    assert config["train_micro_batch_size_per_gpu"] == 2
+    assert config["gradient_accumulation_steps"] == 3
+    assert config["train_batch_size"] == 2 * 3 * 4
+    assert config["gradient_clipping"] == 0.1
+    assert accelerator.gradient_accumulation_steps == 3
+    # the engine divides each micro-batch loss by 3 and averages 4 processes; our loss is a global sum
+    assert sharding.loss_scale(accelerator, 3) == 12.0
+    assert sharding.engine_steps_in_backward(accelerator)
+
+
+def test_unsupported_sharding_is_refused_with_the_fix():
+    with pytest.raises(sharding.ShardingError, match="fsdp.yaml"):
+        sharding.prepare(FakeDeepSpeedAccelerator(zero_stage=3), None, None, micro_batch_size=1, micro_batches=1,
+                         max_grad_norm=1.0)
+    fsdp1 = SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=False, num_processes=2)
+    with pytest.raises(sharding.ShardingError, match="fsdp_version: 2"):
+        sharding.prepare(fsdp1, None, None, micro_batch_size=1, micro_batches=1, max_grad_norm=1.0)
+
+
+def test_transformer_based_wrap_finds_the_decoder_blocks_through_the_policy():
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+
+    policy = build(driver_args())[0]
+    assert policy._no_split_modules == ["Qwen2DecoderLayer"]
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap")
+    wrap = fsdp2_prepare_auto_wrap_policy(plugin, policy)
+    wrapped = [name for name, module in policy.named_modules() if wrap(module)]
+    assert wrapped == ["backbone.base_model.model.model.layers.0", "backbone.base_model.model.model.layers.1"]
+
+
+def test_shipped_accelerate_configs_take_supported_paths():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    configs = {path.stem: load_config_from_file(str(path)) for path in sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))}
+    assert set(configs) == {"single_gpu", "multi_gpu", "multi_node", "fsdp", "deepspeed_zero2"}
+    fsdp = configs["fsdp"].fsdp_config
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert int(configs["deepspeed_zero2"].deepspeed_config["zero_stage"]) <= 2
+    assert configs["multi_node"].num_machines == 2
+
+
+# ------------------------------------------------------------------------ two CPU processes over gloo
+COMMON = ("--steps", 3, "--micro-batch", 4, "--checkpoint-every", 2)  # 8 local rows: 2 micro-batches
+
+
+def launch(out: Path, *args, port: int, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+           str(DRIVER), "--out", str(out), *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"launch failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def steps_logged(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "steps-rank0.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    launch(out, *COMMON, port=29541)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp")
+    launch(out, *COMMON, "--fsdp", port=29542)
+    return out
+
+
+@pytest.mark.slow
+def test_fsdp2_trains_to_the_parameters_of_ddp(ddp_run, fsdp_run):
+    ddp, fsdp = torch.load(ddp_run / "params-rank0.pt"), torch.load(fsdp_run / "params-rank0.pt")
+    assert torch.equal(fsdp, torch.load(fsdp_run / "params-rank1.pt"))
+    # same rollouts, same gradients up to reduction order; Adam (lr 1e-2) amplifies last-bit differences
+    # in near-zero gradients, so after 3 steps parameters agree to ~1e-4 while each step moves them ~1e-2
+    assert (ddp - fsdp).abs().max().item() < 1e-3
+    ddp_rows, fsdp_rows = steps_logged(ddp_run), steps_logged(fsdp_run)
+    assert [r["reward_mean"] for r in ddp_rows] == [r["reward_mean"] for r in fsdp_rows]
+    assert fsdp_rows[0]["grad_norm"] == pytest.approx(ddp_rows[0]["grad_norm"], rel=1e-5)
+    saved = json.loads((fsdp_run / "checkpoints" / "step-000003" / "trainer_state.json").read_text())
+    assert saved["saved_by"] == {"world_size": 2, "engine": "fsdp2"}
+    assert {"rng-rank0.pt", "rng-rank1.pt"} <= {p.name for p in (fsdp_run / "checkpoints" / "step-000003").iterdir()}
+
+
+@pytest.mark.slow
+def test_sigkilled_fsdp2_run_resumes_exactly(fsdp_run, tmp_path):
+    killed = launch(tmp_path, *COMMON, "--fsdp", "--kill-after", 2, port=29543, check=False)
+    assert killed.returncode != 0
+    assert [c.name for c in list_checkpoints(tmp_path / "checkpoints")] == ["step-000002"]
+    launch(tmp_path, *COMMON, "--fsdp", "--resume", port=29544)
+    assert [r["step"] for r in steps_logged(tmp_path)] == [1, 2, 3]
+    assert torch.equal(torch.load(tmp_path / "params-rank0.pt"), torch.load(fsdp_run / "params-rank0.pt"))
+    assert [r["reward_mean"] for r in steps_logged(tmp_path)] == [r["reward_mean"] for r in steps_logged(fsdp_run)]
+
+
+@pytest.mark.slow
+def test_two_machines_on_localhost_train_to_the_parameters_of_one_machine(ddp_run, tmp_path):
+    """`accelerate launch --num_machines 2`, one process per "machine", rendezvous over 127.0.0.1 (gloo)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    machines = [subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+         "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+         "--main_process_port", "29545", "--mixed_precision", "no", "--dynamo_backend", "no",
+         str(DRIVER), "--out", str(tmp_path), *map(str, COMMON)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) for rank in (0, 1)]
+    errors = [machine.communicate(timeout=600)[1] for machine in machines]
+    assert [m.returncode for m in machines] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    one_machine = torch.load(ddp_run / "params-rank0.pt")
+    assert torch.equal(torch.load(tmp_path / "params-rank0.pt"), one_machine)
+    assert torch.equal(torch.load(tmp_path / "params-rank1.pt"), one_machine)
+    assert [r["reward_mean"] for r in steps_logged(tmp_path)] == [r["reward_mean"] for r in steps_logged(ddp_run)]
+    assert list_checkpoints(tmp_path / "checkpoints")[-1].name == "step-000003"
