@@ -46,7 +46,7 @@ def test_reward_on_first_token_rises(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("reward,direction", [("pay-soft", 1), ("penalise-soft", -1)])
 def test_soft_ratio_follows_a_routing_reward(tmp_path, reward, direction):
-    run_driver(tmp_path, "--steps", 12, "--reward", reward, "--lr", 1e-3, "--router-lr", 3e-2)
+    run_driver(tmp_path, "--steps", 16, "--reward", reward, "--lr", 1e-3, "--router-lr", 3e-2)
     ratios = [row["soft_ratio"] for row in steps_logged(tmp_path)]
     start, end = first_last(ratios, 3)
     assert direction * (end - start) > 0.2, ratios
