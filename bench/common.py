@@ -75,3 +75,23 @@ def goal_row(description: str, ratios: Sequence[float], goal: float, better: str
     stats = spread(ratios)
     return {"goal": description, "threshold": goal, "better": better, "ratios": list(ratios), **stats,
             "interval": [stats["q1"], stats["q3"]], "verdict": verdict(stats, goal, better)}
+
+
+def recorded_rollout(batch: int, prompt: int, completion: int, vocab: int, soft: bool = True, seed: int = 4):
+    """A synthetic recorded rollout for training-step benchmarks: random prompt / completion ids, every step
+    alive and decided, ~10 % soft steps (top-10 mixtures) when `soft`. CPU tensors."""
+    from tarpo.rollout import Rollout
+
+    g = torch.Generator().manual_seed(seed)
+    k = 10
+    soft_mask = (torch.rand(batch, completion, generator=g) < 0.1) if soft else torch.zeros(
+        batch, completion, dtype=torch.bool)
+    topk_ids = torch.randint(0, vocab, (batch, completion, k), generator=g) * soft_mask[..., None]
+    weights = torch.softmax(torch.randn(batch, completion, k, generator=g), -1) * soft_mask[..., None]
+    ones = torch.ones(batch, completion, dtype=torch.bool)
+    return Rollout(prompt_ids=torch.randint(10, vocab, (batch, prompt), generator=g),
+                   prompt_mask=torch.ones(batch, prompt, dtype=torch.long),
+                   completion_ids=torch.randint(10, vocab, (batch, completion), generator=g), completion_mask=ones,
+                   token_logp=torch.zeros(batch, completion), soft_mask=soft_mask, decision_mask=ones,
+                   router_logp=torch.zeros(batch, completion), topk_ids=topk_ids, topk_weights=weights.float(),
+                   stop_reason=("max_tokens",) * batch, soft_counts=soft_mask.long().sum(1))

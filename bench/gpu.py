@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tarpo.fast_rollout as fast_module  # noqa: E402
+from bench.common import recorded_rollout  # noqa: E402
 import tarpo.token_logprobs as token_logprobs_module  # noqa: E402
 from tarpo.fast_rollout import fast_rollout, length_bucket  # noqa: E402
 from tarpo.marker import MarkerMatcher  # noqa: E402
@@ -277,20 +278,9 @@ def section_logprob_memory(ctx) -> dict:
 
 def fake_rollout(shape: dict, device, soft: bool) -> Rollout:
     """A recorded rollout of train_batch x train_tokens (a third prompt, the rest completion), ~10 % soft."""
-    g = torch.Generator().manual_seed(4)
-    B, total, k, V = shape["train_batch"], shape["train_tokens"], 10, shape["vocab"]
-    P = total // 3
-    T = total - P
-    soft_mask = (torch.rand(B, T, generator=g) < 0.1) if soft else torch.zeros(B, T, dtype=torch.bool)
-    topk_ids = torch.randint(0, V, (B, T, k), generator=g) * soft_mask[..., None]
-    weights = torch.softmax(torch.randn(B, T, k, generator=g), -1) * soft_mask[..., None]
-    ones = torch.ones(B, T, dtype=torch.bool)
-    record = Rollout(prompt_ids=torch.randint(10, V, (B, P), generator=g), prompt_mask=torch.ones(B, P, dtype=torch.long),
-                     completion_ids=torch.randint(10, V, (B, T), generator=g), completion_mask=ones,
-                     token_logp=torch.zeros(B, T), soft_mask=soft_mask, decision_mask=ones,
-                     router_logp=torch.zeros(B, T), topk_ids=topk_ids, topk_weights=weights.float(),
-                     stop_reason=("max_tokens",) * B, soft_counts=soft_mask.long().sum(1))
-    return record.to(device)
+    prompt = shape["train_tokens"] // 3
+    return recorded_rollout(shape["train_batch"], prompt, shape["train_tokens"] - prompt, shape["vocab"],
+                            soft=soft).to(device)
 
 
 def section_training(ctx) -> dict:

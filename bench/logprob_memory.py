@@ -6,7 +6,7 @@ the step (Linux VmHWM, reset through /proc/self/clear_refs before each step) min
 before it. Dense and chunked steps alternate, --repeats each after one warm-up each; min, max reported.
 The (B, T, V) fp32 size is printed next to the figures: the dense path holds several such copies.
 
-Usage: python bench/logprob_memory.py --model smollm2-135m [--batch 8 --prompt 32 --completion 256]
+Usage: python bench/logprob_memory.py --model smollm2-135m --batch 2 --prompt 16 --completion 128 --chunk-tokens 64
 Writes JSON to bench/results/logprob_memory-<model>-cpu.json (or --out).
 """
 
@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import tarpo.token_logprobs as token_logprobs_module  # noqa: E402
-from bench.common import machine_info, model_slug  # noqa: E402
+from bench.common import clocks, machine_info, model_slug, recorded_rollout  # noqa: E402
 from tarpo.io import write_json_atomic  # noqa: E402
 from tarpo.models import DEFAULT_LORA_TARGETS, apply_lora, load_model_and_tokenizer, resolve_model  # noqa: E402
 from tarpo.policy import HybridPolicy  # noqa: E402
-from tarpo.rollout import Rollout, RolloutSettings, replay  # noqa: E402
+from tarpo.rollout import RolloutSettings, replay  # noqa: E402
 from tarpo.router import Router  # noqa: E402
 
 
@@ -42,35 +42,19 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
 
 
-def recorded_rollout(batch: int, prompt: int, completion: int, vocab: int, soft_every: int = 10) -> Rollout:
-    g = torch.Generator().manual_seed(0)
-    soft = torch.zeros(batch, completion, dtype=torch.bool)
-    soft[:, ::soft_every] = True
-    k = 10
-    topk_ids = torch.randint(0, vocab, (batch, completion, k), generator=g) * soft[..., None]
-    weights = torch.softmax(torch.randn(batch, completion, k, generator=g), -1) * soft[..., None]
-    ones = torch.ones(batch, completion, dtype=torch.bool)
-    return Rollout(prompt_ids=torch.randint(10, vocab, (batch, prompt), generator=g),
-                   prompt_mask=torch.ones(batch, prompt, dtype=torch.long),
-                   completion_ids=torch.randint(10, vocab, (batch, completion), generator=g), completion_mask=ones,
-                   token_logp=torch.zeros(batch, completion), soft_mask=soft, decision_mask=ones,
-                   router_logp=torch.zeros(batch, completion), topk_ids=topk_ids, topk_weights=weights,
-                   stop_reason=("max_tokens",) * batch, soft_counts=soft.long().sum(1))
-
-
-def measure(policy, record, settings, chunk_tokens) -> tuple[float, float]:
-    """(peak extra MiB, seconds) of one replay forward + backward with the given chunking."""
+def measure(policy, record, settings, chunk_tokens) -> tuple[float, float, float]:
+    """(peak extra MiB, wall seconds, CPU seconds) of one replay forward + backward with the given chunking."""
     token_logprobs_module.CHUNK_TOKENS = chunk_tokens
     before = rss_kib("VmRSS")
     reset_peak()
-    start = time.perf_counter()
+    wall, cpu = clocks()
     out = replay(policy, record, settings=settings)
     (out.token_logp.mean() + out.router_logp.mean()).backward()
-    seconds = time.perf_counter() - start
+    wall_end, cpu_end = clocks()
     peak = rss_kib("VmHWM")
     del out
     policy.zero_grad(set_to_none=True)
-    return (peak - before) / 1024, seconds
+    return (peak - before) / 1024, wall_end - wall, cpu_end - cpu
 
 
 def main(argv=None) -> int:
@@ -81,6 +65,8 @@ def main(argv=None) -> int:
     parser.add_argument("--completion", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--chunk-tokens", type=int, default=token_logprobs_module.CHUNK_TOKENS,
+                        help="rows x positions per chunk; below batch x completion, or there is one chunk only")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -95,24 +81,27 @@ def main(argv=None) -> int:
                                temperature=0.5)
     record = recorded_rollout(args.batch, args.prompt, args.completion, vocab)
     default_chunk = token_logprobs_module.CHUNK_TOKENS
-    variants = {"dense": None, "chunked": default_chunk}
-    rows = {name: {"peak_extra_mib": [], "seconds": []} for name in variants}
+    variants = {"dense": None, "chunked": args.chunk_tokens}
+    rows = {name: {"peak_extra_mib": [], "seconds": [], "cpu_seconds": []} for name in variants}
     for name, chunk in variants.items():  # warm-up (allocator, LoRA caches)
         measure(policy, record, settings, chunk)
     for _ in range(args.repeats):
         for name, chunk in variants.items():
-            peak, seconds = measure(policy, record, settings, chunk)
+            peak, seconds, cpu = measure(policy, record, settings, chunk)
             rows[name]["peak_extra_mib"].append(round(peak, 1))
             rows[name]["seconds"].append(round(seconds, 3))
+            rows[name]["cpu_seconds"].append(round(cpu, 3))
     token_logprobs_module.CHUNK_TOKENS = default_chunk
     full_copy_mib = args.batch * args.completion * vocab * 4 / 2**20
     result = {"model": args.model, "vocab": vocab, "batch": args.batch, "prompt": args.prompt,
-              "completion": args.completion, "chunk_tokens": default_chunk, "fp32_BTV_copy_mib": full_copy_mib,
+              "completion": args.completion, "chunk_tokens": args.chunk_tokens,
+              "chunks": -(-args.completion // max(1, args.chunk_tokens // args.batch)), "fp32_BTV_copy_mib": full_copy_mib,
               "machine": machine_info(), "method": "VmHWM - VmRSS around one replay forward+backward (LoRA r16)",
               **rows}
     for name, row in rows.items():
         print(f"{name:8s} peak +{min(row['peak_extra_mib']):8.1f} .. {max(row['peak_extra_mib']):8.1f} MiB   "
-              f"{min(row['seconds']):.2f} s   (one (B, T, V) fp32 copy = {full_copy_mib:.0f} MiB)")
+              f"{min(row['seconds']):.2f} s wall {min(row['cpu_seconds']):.2f} s CPU   (one (B, T, V) fp32 copy = "
+              f"{full_copy_mib:.0f} MiB)")
     out = args.out or ROOT / "bench" / "results" / f"logprob_memory-{model_slug(args.model)}-cpu.json"
     write_json_atomic(out, result)
     print(f"wrote {out}")

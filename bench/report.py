@@ -109,13 +109,15 @@ def detail_tables(results: Path) -> list[str]:
     memory = load("logprob_memory-*-cpu.json", results)
     if memory:
         lines += ["", "### Training micro-step peak memory: dense vs chunked token log-probs (`bench/logprob_memory.py`)",
-                  "", "| model | B x T completion, V | one (B,T,V) fp32 copy | dense peak extra | chunked peak extra |"
-                  " dense s | chunked s |", "|---|---|---|---|---|---|---|"]
+                  "", "| model | B x T completion, V | one (B,T,V) fp32 copy | chunks | dense peak extra (min..max) |"
+                  " chunked peak extra (min..max) | dense CPU s | chunked CPU s |", "|---|---|---|---|---|---|---|---|"]
         for name, r in memory:
             d, c = r["dense"], r["chunked"]
             lines.append(f"| {r['model']} | {r['batch']} x {r['completion']}, {r['vocab']} | "
-                         f"{r['fp32_BTV_copy_mib']:.0f} MiB | {min(d['peak_extra_mib']):.0f} MiB | "
-                         f"{min(c['peak_extra_mib']):.0f} MiB | {min(d['seconds']):.2f} | {min(c['seconds']):.2f} |")
+                         f"{r['fp32_BTV_copy_mib']:.0f} MiB | {r.get('chunks', '?')} | "
+                         f"{min(d['peak_extra_mib']):.0f}..{max(d['peak_extra_mib']):.0f} MiB | "
+                         f"{min(c['peak_extra_mib']):.0f}..{max(c['peak_extra_mib']):.0f} MiB | "
+                         f"{min(d.get('cpu_seconds', d['seconds'])):.2f} | {min(c.get('cpu_seconds', c['seconds'])):.2f} |")
     return lines
 
 
