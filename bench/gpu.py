@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tarpo.fast_rollout as fast_module  # noqa: E402
+from bench.common import recorded_rollout  # noqa: E402
 import tarpo.token_logprobs as token_logprobs_module  # noqa: E402
 from tarpo.fast_rollout import fast_rollout, length_bucket  # noqa: E402
 from tarpo.marker import MarkerMatcher  # noqa: E402
@@ -204,18 +205,27 @@ def section_fast(ctx, mode: str) -> dict:
     ids, mask = ctx["prompts"]
     settings = settings_for(shape, mode, shape["new"], ctx["marker"])
 
+    compile_error = None
+
     def run(n):
         return fast_rollout(policy, ids, mask, settings=settings, generator=torch.Generator(device).manual_seed(3),
-                            step_limit=n)
+                            step_limit=n, compile=None if compile_error is None else False)
 
     skips_before = cudagraph_skips()
     start = time.perf_counter()
-    record = run(shape["new"])  # compiles every length bucket of this shape and mode once
+    try:
+        record = run(shape["new"])  # compiles every length bucket of this shape and mode once
+    except SectionTimeout:
+        raise
+    except Exception:  # keep an uncompiled figure rather than none; the error is in the JSON
+        compile_error = traceback.format_exc(limit=8)
+        print(f"[fast_{mode}] compiled run FAILED, timing the uncompiled fast path:\n{compile_error}", file=sys.stderr)
+        record = run(shape["new"])
     warm_s = time.perf_counter() - start
     result = full_length_timing(run, shape, device, repeats=2)
     skips = cudagraph_skips() - skips_before
-    compiled = device.type == "cuda"
-    return {**result, "first_call_s_incl_compile": round(warm_s, 2),
+    compiled = device.type == "cuda" and compile_error is None
+    return {**result, "first_call_s_incl_compile": round(warm_s, 2), "compile_error": compile_error,
             "soft_ratio": float(record.soft_mask.float().mean()),
             "cudagraph_skips": skips, "cudagraphs_engaged": compiled and skips == 0,
             "engines": engine_report(policy)}
@@ -237,6 +247,7 @@ def section_logprob_memory(ctx) -> dict:
     """Output layer + token log-probs + entropy, forward and backward at the training shape: dense vs chunked."""
     shape, device, dtype, policy = ctx["shape"], ctx["device"], ctx["dtype"], ctx["policy"]
     fast_module._ENGINE_CACHE.pop(policy, None)  # the rollout engines' static caches are not needed any more
+    policy.causal_lm.requires_grad_(False)  # as under LoRA: the output layer is frozen, gradients reach hidden
     if device.type == "cuda":
         torch.cuda.empty_cache()
     B, T, V = shape["train_batch"], shape["train_tokens"] * 2 // 3, shape["vocab"]
@@ -267,20 +278,9 @@ def section_logprob_memory(ctx) -> dict:
 
 def fake_rollout(shape: dict, device, soft: bool) -> Rollout:
     """A recorded rollout of train_batch x train_tokens (a third prompt, the rest completion), ~10 % soft."""
-    g = torch.Generator().manual_seed(4)
-    B, total, k, V = shape["train_batch"], shape["train_tokens"], 10, shape["vocab"]
-    P = total // 3
-    T = total - P
-    soft_mask = (torch.rand(B, T, generator=g) < 0.1) if soft else torch.zeros(B, T, dtype=torch.bool)
-    topk_ids = torch.randint(0, V, (B, T, k), generator=g) * soft_mask[..., None]
-    weights = torch.softmax(torch.randn(B, T, k, generator=g), -1) * soft_mask[..., None]
-    ones = torch.ones(B, T, dtype=torch.bool)
-    record = Rollout(prompt_ids=torch.randint(10, V, (B, P), generator=g), prompt_mask=torch.ones(B, P, dtype=torch.long),
-                     completion_ids=torch.randint(10, V, (B, T), generator=g), completion_mask=ones,
-                     token_logp=torch.zeros(B, T), soft_mask=soft_mask, decision_mask=ones,
-                     router_logp=torch.zeros(B, T), topk_ids=topk_ids, topk_weights=weights.float(),
-                     stop_reason=("max_tokens",) * B, soft_counts=soft_mask.long().sum(1))
-    return record.to(device)
+    prompt = shape["train_tokens"] // 3
+    return recorded_rollout(shape["train_batch"], prompt, shape["train_tokens"] - prompt, shape["vocab"],
+                            soft=soft).to(device)
 
 
 def section_training(ctx) -> dict:

@@ -17,7 +17,9 @@ marker check itself is a (B,) gather per step, timed alone as `marker_step_us`. 
 close to generate's, none of our per-step bookkeeping grows with length.
 
 Ratios are measured in one process, variants interleaved, so a CPU shared with other jobs slows all of them
-alike; absolute tokens/s depend on the load (recorded: load average at start and end). On a CPU shared with
+alike; absolute tokens/s depend on the load (recorded: load average at start and end). Each run records wall
+AND process CPU time; the goal (`goals`) is judged on round-by-round CPU-time ratios: their interquartile
+interval must lie wholly on one side of the goal for a verdict ('met' / 'missed'), else 'inconclusive'. On a CPU shared with
 other jobs use --threads 1: with 2 intra-op threads per process and load 5-7 on 2 cores, repeats of the same
 rollout varied several-fold (OpenMP threads spinning against other processes).
 
@@ -45,7 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine_info, model_slug  # noqa: E402
+from bench.common import clocks, goal_row, machine_info, model_slug, paired_ratios, spread  # noqa: E402
 from tarpo.io import write_json_atomic  # noqa: E402
 from tarpo.marker import MarkerMatcher  # noqa: E402
 from tarpo.models import load_model_and_tokenizer, resolve_model  # noqa: E402
@@ -95,28 +97,28 @@ class Bench:
                                marker=self.marker, temperature=TEMPERATURE, top_k=0, top_p=1.0, soft_top_k=10,
                                router_mode=mode)
 
-    def run(self, variant: str, new_tokens: int) -> float:
-        """Seconds for one full rollout of the batch."""
+    def run(self, variant: str, new_tokens: int) -> tuple[float, float]:
+        """(wall, CPU) seconds for one full rollout of the batch."""
         if variant == "generate":
             torch.manual_seed(self.seed)  # generate samples from the global RNG
-            started = time.perf_counter()
+            wall, cpu = clocks()
             with torch.no_grad():
                 out = self.model.generate(input_ids=self.ids, attention_mask=self.mask, do_sample=True,
                                           temperature=TEMPERATURE, top_k=0, top_p=1.0,
                                           min_new_tokens=new_tokens, max_new_tokens=new_tokens,
                                           pad_token_id=self.pad, eos_token_id=self.eos)
-            seconds = time.perf_counter() - started
+            wall_end, cpu_end = clocks()
             assert out.shape[1] - self.ids.shape[1] == new_tokens, "generate stopped early"
-            return seconds
+            return wall_end - wall, cpu_end - cpu
         mode, bias = ("hard", 2.2) if variant == "hard" else ("tarpo", float(variant.split("bias")[1]))
         generator = torch.Generator().manual_seed(self.seed)
-        started = time.perf_counter()
+        wall, cpu = clocks()
         result = rollout(self.policies[bias], self.ids, self.mask, settings=self.settings(mode, new_tokens),
                          generator=generator)
-        seconds = time.perf_counter() - started
+        wall_end, cpu_end = clocks()
         assert result.completion_ids.shape[1] == new_tokens, "rollout stopped early"
         self.last_soft_ratio[variant] = float(result.soft_mask.float().mean())
-        return seconds
+        return wall_end - wall, cpu_end - cpu
 
 
 def timed(bench: Bench, jobs: list[tuple[str, int, int]]) -> dict:
@@ -128,22 +130,29 @@ def timed(bench: Bench, jobs: list[tuple[str, int, int]]) -> dict:
             bench.run(v, n)
             warmed.add(v)
     seconds = {(v, n): [] for v, n, _ in jobs}
+    cpu_seconds = {(v, n): [] for v, n, _ in jobs}
     soft = {(v, n): [] for v, n, _ in jobs}
     for round_ in range(max(r for _, _, r in jobs)):
         for v, n, repeats in jobs:
             if round_ >= repeats:
                 continue
             bench.last_soft_ratio.pop(v, None)
-            seconds[(v, n)].append(bench.run(v, n))
+            wall, cpu = bench.run(v, n)
+            seconds[(v, n)].append(wall)
+            cpu_seconds[(v, n)].append(cpu)
             if v in bench.last_soft_ratio:
                 soft[(v, n)].append(bench.last_soft_ratio[v])
     batch = bench.ids.shape[0]
     out = {}
     for (v, n), values in seconds.items():
         med = statistics.median(values)
+        cpu = cpu_seconds[(v, n)]
         out[(v, n)] = {"seconds": values, "median_seconds": med, "min_seconds": min(values),
                        "tokens_per_s": batch * n / med, "tokens_per_s_best": batch * n / min(values),
-                       "per_step_ms": 1000 * med / n, "per_step_ms_best": 1000 * min(values) / n}
+                       "per_step_ms": 1000 * med / n, "per_step_ms_best": 1000 * min(values) / n,
+                       "cpu_seconds": cpu, "cpu": spread(cpu), "wall": spread(values),
+                       "tokens_per_cpu_s": batch * n / statistics.median(cpu),
+                       "per_step_cpu_ms": 1000 * statistics.median(cpu) / n}
         if soft[(v, n)]:
             out[(v, n)]["soft_ratio"] = statistics.mean(soft[(v, n)])
     return out
@@ -181,7 +190,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--long-tokens", type=int, default=512, help="length for the per-step scaling check")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds (>= 7 for an IQR that means much)")
     parser.add_argument("--long-repeats", type=int, default=None, help="repeats at --long-tokens (default --repeats)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -218,6 +227,11 @@ def main(argv=None) -> dict:
                       "long_over_short_best": best_long / best_short}
     scaling["ours_growth_over_generate_growth"] = (scaling["tarpo_bias2.2"]["long_over_short"]
                                                    / scaling["generate"]["long_over_short"])
+    paired = {f"{v}_over_generate": paired_ratios(main_timings["generate"]["cpu_seconds"],
+                                                  main_timings[v]["cpu_seconds"]) for v in variants if v != "generate"}
+    goals = {"rollout_over_generate": goal_row(
+        "tarpo rollout (bias 2.2) tokens/s >= 0.9 x generate's (paired CPU-time ratios per round)",
+        paired["tarpo_bias2.2_over_generate"], 0.9, "higher")}
     result = {
         "benchmark": "rollout", "model": args.model, "device": "cpu", "dtype": "float32", "lora": False,
         "settings": {"threads": torch.get_num_threads(), "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
@@ -228,6 +242,7 @@ def main(argv=None) -> dict:
         "machine": info, "model_load_seconds": load_s,
         "timings": main_timings, "long_timings": long_timings, "ratios": ratios,
         "ratios_best_of_repeats": ratios_best, "length_scaling": scaling,
+        "cpu_throughput_ratios": {name: spread(values) for name, values in paired.items()}, "goals": goals,
         "marker_step_us": marker_step_us(bench),
     }
     if args.profile:
@@ -249,6 +264,8 @@ def main(argv=None) -> dict:
         print(f"  per-step {v:15s} {args.new_tokens}: {s['per_step_ms_short']:.2f} ms  {args.long_tokens}: "
               f"{s['per_step_ms_long']:.2f} ms  ratio {s['long_over_short']:.3f} (best-of-repeats "
               f"{s['long_over_short_best']:.3f})")
+    for name, row in goals.items():
+        print(f"  goal {row['goal']}: IQR [{row['q1']:.3f}, {row['q3']:.3f}] min {row['min']:.3f} -> {row['verdict']}")
     print(f"  marker step {result['marker_step_us']:.1f} us/step; wrote {out}")
     return result
 

@@ -15,7 +15,8 @@ Timed:
     (generate + reward + advantages; the old-log-prob forward is skipped at num_iterations 1); update = step - rollout.
     TRL owns its loop, so a callback runs one step of each of our trainers after every timed TRL step (outside
     TRL's timer): TRL, tarpo and hard alternate step by step. One warm-up step of each is excluded.
-Medians over --repeats steps. Ratios measured in one process on a shared CPU are meaningful; absolute times
+Wall and process CPU time per step; medians over --repeats steps (default 7), and the goals (`goals`) judged on
+round-by-round CPU-time ratios: a verdict only when their interquartile interval lies wholly on one side. Ratios measured in one process on a shared CPU are meaningful; absolute times
 depend on the load average (recorded at start and end). On a CPU shared with other jobs use --threads 1:
 with 2 intra-op threads per process and a load average of 5-7 on 2 cores, the same step varied 10x between
 repeats (OpenMP threads spinning against other processes); with 1 thread it varies by ~10 %.
@@ -46,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tarpo.data import synthetic_problems  # noqa: E402
-from bench.common import machine_info, model_slug  # noqa: E402
+from bench.common import clocks, goal_row, machine_info, model_slug, paired_ratios  # noqa: E402
 from tarpo.io import write_json_atomic  # noqa: E402
 from tarpo.marker import MarkerMatcher  # noqa: E402
 from tarpo.models import DEFAULT_LORA_TARGETS, apply_lora, load_model_and_tokenizer, resolve_model  # noqa: E402
@@ -97,7 +98,7 @@ def our_trainer(base, tokenizer, mode: str, prompts: list[str], args, out_dir: P
 class Ours:
     """Our two trainers (tarpo, hard), each warmed up by one step; `round()` runs one timed step of each."""
 
-    KEYS = ("rollout_seconds", "update_seconds", "step_seconds", "soft_ratio", "completion_tokens")
+    KEYS = ("rollout_seconds", "update_seconds", "step_seconds", "soft_ratio", "completion_tokens", "cpu_step_seconds")
 
     def __init__(self, base, tokenizer, prompts, args, out_dir: Path):
         self.load_start = list(os.getloadavg())
@@ -108,7 +109,9 @@ class Ours:
 
     def round(self) -> None:
         for mode, trainer in self.trainers.items():  # alternate: load drift hits both modes alike
-            metrics = trainer.train_step().metrics
+            _, cpu = clocks()
+            metrics = dict(trainer.train_step().metrics)
+            metrics["cpu_step_seconds"] = clocks()[1] - cpu
             for key in self.KEYS:
                 self.samples[mode][key].append(float(metrics[key]))
 
@@ -119,7 +122,8 @@ class Ours:
     def summary(self) -> dict:
         out = {"load_average_start": self.load_start, "load_average_end": list(os.getloadavg())}
         for mode, s in self.samples.items():
-            out[mode] = {k: median_stats(s[k]) for k in ("rollout_seconds", "update_seconds", "step_seconds")}
+            out[mode] = {k: median_stats(s[k]) for k in ("rollout_seconds", "update_seconds", "step_seconds",
+                                                         "cpu_step_seconds")}
             out[mode]["soft_ratio"] = statistics.mean(s["soft_ratio"])
             out[mode]["completion_tokens_per_step"] = statistics.mean(s["completion_tokens"])
         return out
@@ -147,14 +151,17 @@ def run_trl(base, tokenizer, prompts, args, out_dir: Path, between_steps=None) -
         model = copy.deepcopy(base)
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         step_times: list[float] = []
+        cpu_step_times: list[float] = []
         rollout_times: list[float] = []
 
         class Timer(TrainerCallback):
             def on_step_begin(self, *a, **kw):
-                self.started = time.perf_counter()
+                self.started, self.cpu_started = clocks()
 
             def on_step_end(self, *a, **kw):
-                step_times.append(time.perf_counter() - self.started)
+                wall, cpu = clocks()
+                step_times.append(wall - self.started)
+                cpu_step_times.append(cpu - self.cpu_started)
                 if between_steps is not None and len(step_times) > 1:  # the first TRL step is its warm-up
                     between_steps()
 
@@ -194,7 +201,7 @@ def run_trl(base, tokenizer, prompts, args, out_dir: Path, between_steps=None) -
             "load_average_end": list(os.getloadavg()), "loss_type": config.loss_type,
             "gradient_checkpointing": config.gradient_checkpointing,
             "rollout_seconds": median_stats(rollouts), "update_seconds": median_stats(updates),
-            "step_seconds": median_stats(steps)}
+            "step_seconds": median_stats(steps), "cpu_step_seconds": median_stats(cpu_step_times[1:])}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -207,7 +214,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--max-prompt-tokens", type=int, default=None)
     parser.add_argument("--beta", type=float, default=0.0, help="KL weight (>0 adds a reference forward to both)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed steps (after one warm-up step)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed steps (after one warm-up step), interleaved")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--trl-gradient-checkpointing", action="store_true",
@@ -240,10 +247,16 @@ def main(argv=None) -> dict:
 
     ratios = {f"tarpo_over_hard_{k}": med(ours["tarpo"], k) / med(ours["hard"], k)
               for k in ("step_seconds", "rollout_seconds", "update_seconds")}
+    cpu = {mode: ours[mode]["cpu_step_seconds"]["values"] for mode in ("tarpo", "hard")}
+    goals = {"tarpo_over_hard": goal_row("tarpo / hard training step <= 1.1 (paired CPU-time ratios per round)",
+                                         paired_ratios(cpu["tarpo"], cpu["hard"]), 1.1, "lower")}
     if trl_result["status"] == "ok":
         for mode in ("tarpo", "hard"):
             for k in ("step_seconds", "rollout_seconds", "update_seconds"):
                 ratios[f"{mode}_over_trl_{k}"] = med(ours[mode], k) / med(trl_result, k)
+        goals["tarpo_over_trl"] = goal_row("tarpo step <= 1.0 x TRL GRPOTrainer's (paired CPU-time ratios per round)",
+                                           paired_ratios(cpu["tarpo"], trl_result["cpu_step_seconds"]["values"]),
+                                           1.0, "lower")
     result = {
         "benchmark": "train_step", "model": args.model, "device": "cpu", "dtype": "float32",
         "settings": {"prompts_per_step": args.prompts, "group_size": args.group, "rows": args.prompts * args.group,
@@ -252,7 +265,7 @@ def main(argv=None) -> dict:
                      "lora_targets": list(DEFAULT_LORA_TARGETS), "lr": LR, "num_iterations": 1,
                      "repeats": args.repeats, "seed": args.seed, "threads": torch.get_num_threads(),
                      "router_init_bias": [2.2, 0.0], "prompt_tokens_mean": statistics.mean(prompt_tokens)},
-        "machine": info, "ours": ours, "trl": trl_result, "ratios": ratios,
+        "machine": info, "ours": ours, "trl": trl_result, "ratios": ratios, "goals": goals,
     }
     result["machine"]["load_average_end"] = list(os.getloadavg())
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"train_step-{model_slug(args.model)}-cpu.json"
@@ -270,6 +283,8 @@ def main(argv=None) -> dict:
         print(f"  TRL: {trl_result['status']} {trl_result.get('error', '')}")
     for k, v in ratios.items():
         print(f"  ratio {k:34s} {v:.3f}")
+    for name, row in goals.items():
+        print(f"  goal {row['goal']}: IQR [{row['q1']:.3f}, {row['q3']:.3f}] min {row['min']:.3f} -> {row['verdict']}")
     print(f"  wrote {out}")
     return result
 

@@ -50,7 +50,12 @@ def test_chunked_equals_dense_values_and_gradients(sampling, chunk_tokens):
     assert (tempered is logp) == (not filtered)   # no filter: p is q, one tensor
 
 
-def test_entropy_only_when_asked_and_once_per_chunk():
+def test_entropy_only_when_asked_and_once_per_chunk(monkeypatch):
+    import tarpo.token_logprobs as module
+
+    entropy_calls = []
+    monkeypatch.setattr(module, "entropy_from_logprobs",
+                        lambda log_q: entropy_calls.append(1) or entropy_from_logprobs(log_q))
     hidden, head, ids = setup()
     calls = []
 
@@ -66,6 +71,10 @@ def test_entropy_only_when_asked_and_once_per_chunk():
         calls.clear()
         _, _, entropy = token_logprobs(hidden, counting_head, ids, temperature=1.0, chunk_tokens=6)
     assert calls == [2, 2, 2, 1] and entropy.shape == ids.shape  # no grad: no recompute, entropy per chunk
+    entropy_calls.clear()
+    logp, entropy = token_logprobs(hidden, head, ids, temperature=1.0, chunk_tokens=6)
+    logp.sum().backward()
+    assert len(entropy_calls) == 4 and entropy.shape == ids.shape  # not again when backward recomputes
 
 
 def test_chunked_path_keeps_no_full_vocabulary_tensor_for_backward():
