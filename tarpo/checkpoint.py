@@ -83,31 +83,14 @@ def _as_tuple(value):
 
 
 def save_weights(policy, directory: Path) -> None:
-    """Adapter (if any) + router + initial router into `directory`."""
-    backbone = policy.backbone
-    if hasattr(backbone, "peft_config"):
-        backbone.save_pretrained(str(directory / "adapter"), safe_serialization=True)
-    save_router(policy.router, directory)
-    save_router(policy.reference_router, directory, name="router_initial")
+    """Adapter (if any) + router + initial router of a policy held whole by this process into `directory`."""
+    trainable = {name: p.detach() for name, p in policy.named_parameters() if p.requires_grad}
+    write_weights(policy, trainable, directory, router_snapshot(policy))
 
 
 def load_weights(policy, directory: Path) -> None:
-    """Load adapter + routers saved by `save_weights` into an existing policy (shapes verified)."""
-    hidden = policy.router.hidden_size
-    policy.router.load_state_dict(load_router(directory, hidden).state_dict())
-    policy.reference_router.load_state_dict(load_router(directory, hidden, name="router_initial").state_dict())
-    adapter = directory / "adapter"
-    if hasattr(policy.backbone, "peft_config"):
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        weights = adapter / "adapter_model.safetensors"
-        if not weights.is_file():
-            raise CheckpointError(f"{directory}: LoRA adapter weights missing ({weights})")
-        result = set_peft_model_state_dict(policy.backbone, load_file(str(weights)))
-        unexpected = getattr(result, "unexpected_keys", [])
-        if unexpected:
-            raise CheckpointError(f"{weights}: adapter does not fit this model (unexpected keys {unexpected[:3]})")
+    """Load adapter + routers saved by `save_weights` into an existing policy (names and shapes verified)."""
+    policy.load_state_dict(read_weights(policy, directory), strict=False)
 
 
 # ------------------------------------------------------------------ full (unsharded) state of the trainable part

@@ -8,7 +8,7 @@ import torch
 from tarpo.checkpoint import CheckpointError, load_weights, save_weights
 from tarpo.models import apply_lora
 from tarpo.policy import HybridPolicy
-from tarpo.router import Router, RouterLoadError
+from tarpo.router import Router, RouterLoadError, save_router
 from tiny_models import random_backbone
 
 
@@ -72,7 +72,10 @@ def trained_policy_and_optimizer(seed=1):
 
 def test_weights_from_the_gathered_state_match_peft_and_router_files(tmp_path):
     policy, _ = trained_policy_and_optimizer()
-    save_weights(policy, tmp_path / "reference")  # PEFT's own save path
+    reference = tmp_path / "reference"  # PEFT's and the router's own save paths
+    policy.backbone.save_pretrained(str(reference / "adapter"), safe_serialization=True)
+    save_router(policy.router, reference)
+    save_router(policy.reference_router, reference, name="router_initial")
     write_weights(policy, trainable_state(ONE_PROCESS, policy), tmp_path / "ours", router_snapshot(policy))
     for name in ("adapter/adapter_model.safetensors", "router.safetensors", "router_initial.safetensors"):
         ours, reference = load_file(tmp_path / "ours" / name), load_file(tmp_path / "reference" / name)
