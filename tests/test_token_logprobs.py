@@ -72,7 +72,7 @@ def test_entropy_only_when_asked_and_once_per_chunk(monkeypatch):
         _, _, entropy = token_logprobs(hidden, counting_head, ids, temperature=1.0, chunk_tokens=6)
     assert calls == [2, 2, 2, 1] and entropy.shape == ids.shape  # no grad: no recompute, entropy per chunk
     entropy_calls.clear()
-    logp, entropy = token_logprobs(hidden, head, ids, temperature=1.0, chunk_tokens=6)
+    logp, _, entropy = token_logprobs(hidden, head, ids, temperature=1.0, chunk_tokens=6)
     logp.sum().backward()
     assert len(entropy_calls) == 4 and entropy.shape == ids.shape  # not again when backward recomputes
 
