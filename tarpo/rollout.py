@@ -20,6 +20,8 @@ Departures from the reference (tarpo-reference.md):
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, fields
 from typing import Sequence
 
@@ -282,6 +284,8 @@ def rollout(policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, sett
     """Eager hybrid decode with a DynamicCache: the reference path, used on CPU and for checks on GPU."""
     device = policy.device
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    if settings.marker is not None and settings.marker.table.device != torch.device(device):
+        settings = dataclasses.replace(settings, marker=settings.marker.to(device))  # built on the CPU
     batch = prompt_ids.shape[0]
     embedding_weight = policy.embedding_weight
     attention_mask = prompt_mask.clone()

@@ -360,7 +360,7 @@ class TarpoTrainer:
         lengths = mask.sum(1).float()
         soft = (batch.soft_mask & mask).sum(1).float()
         local = torch.stack([lengths.sum(), soft.sum(), (batch.decision_mask & mask).sum().float(),
-                             torch.tensor(float(batch.num_rows))]).to(self.accelerator.device)
+                             lengths.new_tensor(float(batch.num_rows))]).to(self.accelerator.device)
         total = self.accelerator.reduce(local, reduction="sum").cpu()
         return {"completion_length": float(total[0] / total[3]), "soft_ratio": float(total[1] / total[0].clamp_min(1)),
                 "decision_ratio": float(total[2] / total[0].clamp_min(1)),
