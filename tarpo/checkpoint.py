@@ -294,7 +294,8 @@ def load_checkpoint(directory: Path, accelerator, policy, optimizer, scheduler, 
     return TrainerState(**{k: v for k, v in saved.items() if k in known})
 
 
-def choose_checkpoint(root: Path, accelerator, warn=lambda message: None, params_hash: str | None = None) -> Path | None:
+def choose_checkpoint(root: Path, accelerator, warn=lambda message: None,
+                      params_hash: str | None = None) -> Path | None:
     """The newest valid checkpoint as chosen by the main process, the same on every process.
 
     A checkpoint whose recorded params hash differs from `params_hash` (when both are known) is skipped.

@@ -134,8 +134,8 @@ def test_a_checkpoint_written_with_other_params_is_skipped(tmp_path):
     policy, optimizer = trained_policy_and_optimizer()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     for step, digest in ((1, "old"), (2, "new"), (3, "other")):
-        save_checkpoint(tmp_path, ONE_PROCESS, policy, optimizer, scheduler, TrainerState(step=step, params_hash=digest),
-                        keep=5, routers=router_snapshot(policy))
+        save_checkpoint(tmp_path, ONE_PROCESS, policy, optimizer, scheduler,
+                        TrainerState(step=step, params_hash=digest), keep=5, routers=router_snapshot(policy))
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000001", "step-000002", "step-000003"]
     said = []
     assert choose_checkpoint(tmp_path, ONE_PROCESS, warn=said.append, params_hash="new").name == "step-000002"
