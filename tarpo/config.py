@@ -26,9 +26,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from tarpo.recipes import Recipe, RecipeError, select_recipe
+
 _STRICT = ConfigDict(extra="forbid", strict=True, validate_default=True)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 _ALIAS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_R = "; null = the recipe's value"  # suffix of every recipe key's description (tarpo/recipes.py)
+IGNORES_EVAL_PATH = ("synthetic", "reasoning-gym", "hub")  # sources that make or download their own eval split
 
 
 class ConfigError(ValueError):
@@ -49,14 +53,15 @@ def _fail(problems: list[tuple[str, str]]) -> None:
 # ----------------------------------------------------------------------------------------- data
 class SyntheticConfig(BaseModel):
     model_config = _STRICT
-    min_ops: int = Field(2, ge=1, description="Fewest arithmetic operations per generated problem.")
-    max_ops: int = Field(3, ge=1, description="Most arithmetic operations per generated problem.")
-    max_operand: int = Field(20, ge=1, description="Largest operand value in generated problems.")
-    level: int = Field(1, ge=1, description="Difficulty level L: adds L-1 operations and scales operands by L (1 = the knobs as given).")
+    min_ops: Optional[int] = Field(None, ge=1, description=f"Fewest arithmetic operations per generated problem{_R}.")
+    max_ops: Optional[int] = Field(None, ge=1, description=f"Most arithmetic operations per generated problem{_R}.")
+    max_operand: Optional[int] = Field(None, ge=1, description=f"Largest operand value in generated problems{_R}.")
+    level: Optional[int] = Field(None, ge=1, description="Difficulty level L: adds L-1 operations and scales operands by L "
+                                 f"(1 = the knobs as given){_R}.")
 
     @model_validator(mode="after")
     def _ops_order(self) -> "SyntheticConfig":
-        if self.min_ops > self.max_ops:
+        if None not in (self.min_ops, self.max_ops) and self.min_ops > self.max_ops:
             _fail([("min_ops", f"min_ops={self.min_ops} is above max_ops={self.max_ops}; "
                                "set min_ops <= max_ops")])
         return self
@@ -76,32 +81,40 @@ class ReasoningGymConfig(BaseModel):
 
 class DataConfig(BaseModel):
     model_config = _STRICT
-    source: Literal["synthetic", "gsm8k", "math", "jsonl", "parquet", "hub", "reasoning-gym"] = Field(
-        "synthetic", description="Where problems come from; synthetic and reasoning-gym need no network.")
+    task: Optional[Literal["gsm8k", "math", "gsm-symbolic"]] = Field(
+        None, description="Task whose recipe real models use (gsm-symbolic = offline reasoning-gym data); "
+        "null = gsm8k; tiny has its own synthetic task.")
+    source: Optional[Literal["synthetic", "gsm8k", "math", "jsonl", "parquet", "hub", "reasoning-gym"]] = Field(
+        None, description=f"Where problems come from; synthetic and reasoning-gym need no network{_R}.")
     train_path: Optional[str] = Field(None, description="Training file or directory (gsm8k/math/jsonl/parquet).")
     eval_path: Optional[str] = Field(None, description="Evaluation file; null = hold out eval_size records.")
-    hub_name: Optional[str] = Field(None, description="HF datasets hub name (source=hub), e.g. openai/gsm8k.")
-    hub_config: Optional[str] = Field(None, description="HF datasets config name (source=hub), e.g. main.")
+    hub_name: Optional[str] = Field(None, description=f"HF datasets hub name, e.g. openai/gsm8k{_R}.")
+    hub_config: Optional[str] = Field(None, description=f"HF datasets config name, e.g. main{_R}.")
     hub_train_split: str = Field("train", description="Hub split used for training.")
     hub_eval_split: str = Field("test", description="Hub split used for evaluation.")
     fields: FieldsConfig = Field(default_factory=FieldsConfig, description="Field mapping for generic records.")
-    train_size: Optional[int] = Field(None, ge=1, description="Training records to keep; null = all.")
-    eval_size: Optional[int] = Field(None, ge=1, description="Evaluation records to keep; null = all.")
+    train_size: Optional[int] = Field(None, ge=1, description=f"Training records to keep{_R} (which may be all).")
+    eval_size: Optional[int] = Field(None, ge=1, description=f"Evaluation records to keep{_R} (which may be all).")
     malformed: Literal["skip", "fail"] = Field(
         "fail", description="Records without prompt or parsable answer: fail, or skip and count them.")
     system_prompt: Optional[str] = Field(
-        None, description="System prompt; null = built-in instruction naming rollout.answer_marker.")
+        None, description=f"System prompt (\"\" = none); must name rollout.answer_marker for answer_rule=marker{_R}.")
     seed: int = Field(0, description="Seed for generation, shuffling and the train/eval split.")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="Synthetic generator.")
     reasoning_gym: ReasoningGymConfig = Field(default_factory=ReasoningGymConfig, description="reasoning-gym.")
 
     @model_validator(mode="after")
     def _source_inputs(self) -> "DataConfig":
-        if self.source in ("gsm8k", "math", "jsonl", "parquet") and not self.train_path:
-            _fail([("train_path", f"source={self.source} reads local files; set data.train_path "
-                                  "(or use source=hub with data.hub_name)")])
+        problems = []
+        if self.source in ("jsonl", "parquet") and not self.train_path:
+            problems.append(("train_path", f"source={self.source} reads local files; set data.train_path "
+                                           "(or use source=hub with data.hub_name)"))
         if self.source == "hub" and not self.hub_name:
-            _fail([("hub_name", "source=hub needs data.hub_name, e.g. openai/gsm8k")])
+            problems.append(("hub_name", "source=hub needs data.hub_name, e.g. openai/gsm8k"))
+        if self.eval_path and self.source in IGNORES_EVAL_PATH:
+            problems.append(("eval_path", f"{self.eval_path} would be ignored: source={self.source} makes its own "
+                                          "eval split; remove data.eval_path or use source jsonl/parquet/gsm8k/math"))
+        _fail(problems)
         return self
 
 
@@ -109,8 +122,8 @@ class DataConfig(BaseModel):
 class LoraConfig(BaseModel):
     model_config = _STRICT
     enabled: bool = Field(True, description="Train a LoRA adapter (false = train the router only).")
-    rank: int = Field(32, ge=1, description="LoRA rank r.")
-    alpha: float = Field(64.0, gt=0, description="LoRA alpha (scale = alpha / rank).")
+    rank: Optional[int] = Field(None, ge=1, description=f"LoRA rank r{_R}.")
+    alpha: Optional[float] = Field(None, gt=0, description=f"LoRA alpha (scale = alpha / rank){_R}.")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout probability (0 keeps the training forward equal to the rollout's).")
     targets: list[str] = Field(default_factory=lambda: list(LORA_TARGETS), min_length=1,
                                description="Module names to adapt; default all attention and MLP projections.")
@@ -118,12 +131,14 @@ class LoraConfig(BaseModel):
 
 class ModelConfig(BaseModel):
     model_config = _STRICT
-    preset: str = Field("tiny", description="Model preset (python cli.py models list).")
-    path: Optional[str] = Field(None, description="Local HF model directory; overrides the preset's source.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights dtype; auto = bfloat16 on CUDA, float32 on CPU.")
+    preset: Optional[str] = Field("tiny", description="Model preset (python cli.py models list); null with model.path "
+                                  "= a local model described by its own config (its size class picks the recipe).")
+    path: Optional[str] = Field(None, description="Local HF model directory or .gguf file; with a preset it must be a "
+                                "copy of that preset (same vocabulary).")
+    dtype: Optional[Literal["auto", "float32", "bfloat16", "float16"]] = Field(
+        None, description=f"Weights dtype; auto = bfloat16 on CUDA, float32 on CPU{_R}.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter settings.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    gradient_checkpointing: Optional[bool] = Field(None, description=f"Recompute activations to save memory{_R}.")
 
 
 # --------------------------------------------------------------------------------------- router
@@ -132,10 +147,10 @@ class RouterConfig(BaseModel):
     mode: Literal["tarpo", "hard", "soft-fixed"] = Field(
         "tarpo", description="tarpo = learned router; hard = plain GRPO; soft-fixed = soft with fixed probability.")
     init_bias: Optional[list[float]] = Field(
-        None, description="Router bias [b_hard, b_soft]; p_soft = 1/(1+e^(b_hard-b_soft)); null = preset value.")
+        None, description=f"Router bias [b_hard, b_soft]; p_soft = 1/(1+e^(b_hard-b_soft)){_R}.")
     temperature: float = Field(1.0, gt=0, description="Router softmax temperature.")
     loss_weight: float = Field(0.1, ge=0, description="Weight lambda of the router policy-gradient term.")
-    lr: float = Field(1e-4, gt=0, description="Router learning rate (its own parameter group).")
+    lr: Optional[float] = Field(None, gt=0, description=f"Router learning rate (its own parameter group){_R}.")
     soft_probability: float = Field(0.1, ge=0, le=1, description="Soft-step probability for mode=soft-fixed.")
 
     @field_validator("init_bias", mode="before")
@@ -149,10 +164,11 @@ class RouterConfig(BaseModel):
 # -------------------------------------------------------------------------------------- rollout
 class RolloutConfig(BaseModel):
     model_config = _STRICT
-    group_size: int = Field(8, description="Completions per prompt (G, >= 2) sharing one advantage baseline.")
-    prompts_per_step: int = Field(8, ge=1, description="Prompts per optimizer step.")
-    max_new_tokens: int = Field(1024, ge=1, description="Completion length limit (soft steps included).")
-    max_prompt_tokens: int = Field(1024, ge=1, description="Prompts longer than this are left-truncated.")
+    group_size: Optional[int] = Field(None, description=f"Completions per prompt (G, >= 2) sharing one advantage baseline{_R}.")
+    prompts_per_step: Optional[int] = Field(None, ge=1, description=f"Prompts per optimizer step{_R}.")
+    max_new_tokens: Optional[int] = Field(None, ge=1, description=f"Completion length limit (soft steps included){_R}.")
+    max_prompt_tokens: Optional[int] = Field(None, ge=1, description="Prompts longer than this are left-truncated "
+                                             f"(counted and warned about){_R}.")
     temperature: float = Field(0.5, description="Token sampling temperature (> 0); the loss uses the same distribution.")
     top_k: int = Field(0, ge=0, description="Token top-k filter; 0 = off.")
     top_p: float = Field(1.0, description="Token nucleus filter in (0, 1]; 1.0 = off.")
@@ -167,7 +183,7 @@ class RolloutConfig(BaseModel):
     @model_validator(mode="after")
     def _rules(self) -> "RolloutConfig":
         problems = []
-        if self.group_size < 2:
+        if self.group_size is not None and self.group_size < 2:
             problems.append(("group_size", f"group_size={self.group_size} must be >= 2: advantages compare "
                                            "completions of the same prompt; set 2 or more (4-8 typical)"))
         if self.temperature <= 0:
@@ -183,7 +199,7 @@ class RolloutConfig(BaseModel):
                                            "top_k tokens have probability; set soft_top_k <= top_k or top_k=0"))
         for name in ("max_latent_steps", "max_consecutive_latent_steps"):
             limit = getattr(self, name)
-            if limit is not None and limit > self.max_new_tokens:
+            if limit is not None and self.max_new_tokens is not None and limit > self.max_new_tokens:
                 problems.append((name, f"{name}={limit} exceeds max_new_tokens={self.max_new_tokens}; "
                                        f"set it <= {self.max_new_tokens} or null for no limit"))
         _fail(problems)
@@ -193,17 +209,19 @@ class RolloutConfig(BaseModel):
 # ------------------------------------------------------------------------------- warmup / train
 class WarmupConfig(BaseModel):
     model_config = _STRICT
-    enabled: Optional[bool] = Field(None, description="Supervised warm-up before TARPO; null = on for tiny only.")
-    steps: int = Field(200, ge=1, description="Warm-up optimizer steps.")
-    lr: float = Field(1e-3, gt=0, description="Warm-up learning rate.")
-    batch_size: int = Field(16, ge=1, description="Warm-up examples per step.")
-    train_fraction: float = Field(0.5, gt=0, le=1, description="Fraction of training records used for warm-up.")
+    enabled: Optional[bool] = Field(None, description=f"Supervised warm-up before TARPO (recipes: on for tiny only){_R}.")
+    allow_real_model: bool = Field(False, description="Confirm warmup.enabled=true on a model other than tiny "
+                                   "(a full fine-tune of its weights at warmup.lr).")
+    steps: Optional[int] = Field(None, ge=1, description=f"Warm-up optimizer steps{_R}.")
+    lr: Optional[float] = Field(None, gt=0, description=f"Warm-up learning rate{_R}.")
+    batch_size: Optional[int] = Field(None, ge=1, description=f"Warm-up examples per step{_R}.")
+    train_fraction: Optional[float] = Field(None, gt=0, le=1, description=f"Fraction of training records used for warm-up{_R}.")
 
 
 class TrainConfig(BaseModel):
     model_config = _STRICT
-    steps: int = Field(200, ge=1, description="Optimizer steps (one rollout batch each).")
-    lr: float = Field(5e-6, gt=0, description="Backbone (LoRA) learning rate.")
+    steps: Optional[int] = Field(None, ge=1, description=f"Optimizer steps (one rollout batch each){_R}.")
+    lr: Optional[float] = Field(None, gt=0, description=f"Backbone (LoRA) learning rate{_R}.")
     lr_schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warm-up.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps with linear lr warm-up.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
@@ -220,10 +238,11 @@ class TrainConfig(BaseModel):
     gradient_accumulation_steps: Optional[int] = Field(
         None, ge=1, description="Micro-batches per optimizer step; null = derived (rollout batch / micro_batch_size"
         " / num_processes); if set it must equal that.")
-    micro_batch_size: int = Field(16, ge=1, description="Completions per forward/backward pass per process; divides prompts_per_step x group_size / num_processes.")
+    micro_batch_size: Optional[int] = Field(None, ge=1, description="Completions per forward/backward pass per process; "
+                                            f"divides prompts_per_step x group_size / num_processes{_R}.")
     seed: int = Field(42, description="Seed for sampling, data order and initialisation.")
-    checkpoint_every: int = Field(250, ge=0, description="Steps between checkpoints; 0 = only at the end.")
-    keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept on disk (oldest deleted).")
+    checkpoint_every: Optional[int] = Field(None, ge=0, description=f"Steps between checkpoints; 0 = only at the end{_R}.")
+    keep_checkpoints: Optional[int] = Field(None, ge=1, description=f"Checkpoints kept on disk (oldest deleted){_R}.")
     max_nonfinite_steps: int = Field(3, ge=0, description="Consecutive non-finite losses tolerated (step skipped).")
     num_processes: int = Field(1, ge=1, description="Processes for accelerate launch; divides rollout.prompts_per_step.")
     accelerate_config: Optional[str] = Field(None, description="accelerate config file; null = defaults.")
@@ -233,14 +252,14 @@ class TrainConfig(BaseModel):
 # ------------------------------------------------------------------------- eval / tracking / registry
 class EvalConfig(BaseModel):
     model_config = _STRICT
-    num_samples: int = Field(8, ge=1, description="Samples per problem (k of avg@k).")
-    pass_k: list[int] = Field(default_factory=lambda: [1, 8], description="k values for pass@k and maj@k, each in [1, num_samples].")
+    num_samples: Optional[int] = Field(None, ge=1, description=f"Samples per problem (k of avg@k){_R}.")
+    pass_k: Optional[list[int]] = Field(None, description=f"k values for pass@k and maj@k, each in [1, num_samples]{_R}.")
     temperature: float = Field(0.5, description="Sampling temperature for evaluation (> 0).")
     greedy: bool = Field(True, description="Also compute greedy (temperature 0) accuracy.")
     router_greedy: bool = Field(False, description="Route by the router's argmax instead of sampling it.")
-    batch_size: int = Field(16, ge=1, description="Sequences decoded together.")
+    batch_size: Optional[int] = Field(None, ge=1, description=f"Sequences decoded together{_R}.")
     max_new_tokens: Optional[int] = Field(None, ge=1, description="null = rollout.max_new_tokens.")
-    max_problems: Optional[int] = Field(None, ge=1, description="Evaluate the first N problems; null = all.")
+    max_problems: Optional[int] = Field(None, ge=1, description=f"Evaluate the first N problems{_R} (which may be all).")
     seed: int = Field(1234, description="Seed for evaluation sampling.")
 
     @model_validator(mode="after")
@@ -249,14 +268,24 @@ class EvalConfig(BaseModel):
         if self.temperature <= 0:
             problems.append(("temperature", f"temperature={self.temperature:g} must be > 0; greedy decoding is "
                                             "eval.greedy=true"))
-        bad = [k for k in self.pass_k if not 1 <= k <= self.num_samples]
+        pass_k, num_samples = self.pass_k or [], self.num_samples or max(self.pass_k or [1])
+        bad = [k for k in pass_k if not 1 <= k <= num_samples]
         if bad:
             problems.append(("pass_k", f"values {bad} not in [1, num_samples={self.num_samples}]; "
                                        "lower them or raise eval.num_samples"))
-        if len(set(self.pass_k)) != len(self.pass_k):
+        if len(set(pass_k)) != len(pass_k):
             problems.append(("pass_k", f"duplicate values in {self.pass_k}; list each k once"))
         _fail(problems)
         return self
+
+
+class RewardConfig(BaseModel):
+    model_config = _STRICT
+    kind: Literal["auto", "numeric", "math"] = Field(
+        "auto", description="Answer comparison: numeric (GSM8K), math (math-verify) or auto by gold answer.")
+    answer_rule: Literal["marker", "boxed", "marker-or-boxed"] = Field(
+        "marker", description="Where the answer is read: after the last answer marker, the last \\boxed{}, or either.")
+    require_single_marker: bool = Field(False, description="Reward 0 unless the marker appears exactly once.")
 
 
 class TrackingConfig(BaseModel):
@@ -270,7 +299,7 @@ class TrackingConfig(BaseModel):
 class RegisterConfig(BaseModel):
     model_config = _STRICT
     enabled: bool = Field(True, description="Register the trained model in the MLflow registry.")
-    name: str = Field("tarpo", min_length=1, description="Registered model name.")
+    name: Optional[str] = Field(None, min_length=1, description=f"Registered model name{_R}.")
     aliases: list[str] = Field(default_factory=lambda: ["candidate"], description="Aliases set on each new version.")
     champion_alias: str = Field("champion", description="Alias moved to a version that beats the champion.")
     champion_metric: str = Field("avg_at_k", description="Eval metric (higher is better) that picks the champion.")
@@ -303,13 +332,29 @@ with warnings.catch_warnings():
         warmup: WarmupConfig = Field(default_factory=WarmupConfig, description="Supervised warm-up stage.")
         train: TrainConfig = Field(default_factory=TrainConfig, description="TARPO optimisation.")
         eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation stage.")
+        reward: RewardConfig = Field(default_factory=RewardConfig, description="Answer extraction and comparison.")
         tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking.")
         register: RegisterConfig = Field(default_factory=RegisterConfig, description="MLflow model registry.")
+
+        @model_validator(mode="before")
+        @classmethod
+        def _apply_recipe(cls, data: Any) -> Any:
+            """Fill every null recipe key with the value of the recipe this model and task select."""
+            return apply_recipe(data)
 
         @model_validator(mode="after")
         def _cross_section(self) -> "TarpoConfig":
             problems = []
             ro, tr = self.rollout, self.train
+            if self.warmup.enabled and not self.is_tiny() and not self.warmup.allow_real_model:
+                problems.append(("warmup.enabled", f"true on {self.model.preset or self.model.path} fully fine-tunes its "
+                                 f"weights at warmup.lr={self.warmup.lr:g}; set warmup.allow_real_model=true to "
+                                 "confirm, or warmup.enabled=false"))
+            prompt = self.data.system_prompt
+            if self.reward.answer_rule == "marker" and prompt and ro.answer_marker not in prompt:
+                problems.append(("data.system_prompt", f"does not mention rollout.answer_marker {ro.answer_marker!r}, "
+                                 "which reward.answer_rule=marker needs; name it in the prompt or set "
+                                 "reward.answer_rule=marker-or-boxed"))
             if ro.prompts_per_step % tr.num_processes:
                 problems.append(("rollout.prompts_per_step", f"{ro.prompts_per_step} prompts cannot be split over "
                                  f"train.num_processes={tr.num_processes}; use a multiple of {tr.num_processes}"))
@@ -328,6 +373,10 @@ with warnings.catch_warnings():
                                  "tracking.enabled=true or register.enabled=false"))
             _fail(problems)
             return self
+
+        def is_tiny(self) -> bool:
+            """The embedded tiny model (its own rules: warm-up, bundled base); a local dir never is."""
+            return self.model.preset == "tiny" and self.model.path is None
 
         def accumulation_steps(self) -> int:
             """Micro-batches per optimizer step on each process (the derived default of the setting)."""
@@ -469,19 +518,29 @@ def validate_data(data: dict) -> TarpoConfig:
         cfg = TarpoConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
-    problems = _preset_problems(cfg)
+    try:
+        problems = _model_problems(cfg)
+    except RecipeError as exc:
+        problems = [str(exc)]
     if problems:
         raise ConfigError(problems)
     return cfg
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TarpoConfig:
-    """Load params.yaml, apply dotted overrides, validate. Raises ConfigError listing every problem."""
-    data = copy.deepcopy(_read_yaml(Path(path)))
-    problems = []
+    """Load params.yaml, apply dotted overrides, fill the recipe, validate. ConfigError lists every problem."""
+    return load_config_with_sources(path, overrides)[0]
+
+
+def load_config_with_sources(path: str | Path, overrides: Sequence[str] = ()) -> tuple[TarpoConfig, dict[str, str]]:
+    """`load_config` plus, for every key, where its value came from (recipe < params file < --set)."""
+    file_data = _read_yaml(Path(path))
+    data, problems, set_keys = copy.deepcopy(file_data), [], []
     for text in overrides:
         try:
-            _set_dotted(data, *parse_override(text))
+            key, value = parse_override(text)
+            _set_dotted(data, key, value)
+            set_keys.append(key)
         except ConfigError as exc:
             problems += exc.problems
     try:
@@ -490,43 +549,167 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TarpoConfig:
         problems += [p for p in exc.problems if p not in problems]
     if problems:
         raise ConfigError(problems)
-    return cfg
+    return cfg, config_sources(cfg, file_data, set_keys, Path(path).name)
 
 
-# ------------------------------------------------------------------------------------- presets
+# ------------------------------------------------------------------------------------- recipes
 def _load_presets() -> dict | None:
     """tarpo.models.PRESETS, imported lazily (it pulls in torch/transformers); None if unavailable."""
+    models = _models_module()
+    return getattr(models, "PRESETS", None) if models is not None else None
+
+
+def _models_module():
     try:
-        return importlib.import_module("tarpo.models").PRESETS
-    except (ImportError, AttributeError):
+        return importlib.import_module("tarpo.models")
+    except ImportError:
         return None
 
 
-def _preset_problems(cfg: TarpoConfig) -> list[str]:
+def model_facts(preset: str | None, path: str | None) -> dict:
+    """What the recipe and the checks need to know about the configured model, read without loading weights:
+    name, vocab_size, context_length, parameters, init_bias (None where unknown). A local path is described by
+    its own config; a preset by its metadata. Raises RecipeError for an unknown preset or a missing path."""
+    if path is not None:
+        try:
+            from tarpo.model_info import describe_local
+            from tarpo.models import ModelNotAvailable
+        except ImportError:
+            return {"name": preset or Path(path).name}
+        try:
+            info = describe_local(path)
+        except ModelNotAvailable as exc:
+            raise RecipeError(f"model.path: {exc}") from None
+        spec = (_load_presets() or {}).get(preset) if preset else None
+        return {"name": preset or info.name, "vocab_size": info.vocab_size, "context_length": info.context_length,
+                "parameters": info.parameters, "init_bias": getattr(spec, "init_bias", None),
+                "preset_vocab_size": getattr(spec, "vocab_size", None)}
     presets = _load_presets()
-    if presets is None:
-        return []
-    preset = presets.get(cfg.model.preset)
-    if preset is None:
-        return [f"model.preset: unknown preset {cfg.model.preset!r}; {_did_you_mean(cfg.model.preset, list(presets))}"]
-    vocab = getattr(preset, "vocab_size", None)
+    spec = presets.get(preset) if presets is not None else None
+    if presets is not None and spec is None:
+        raise RecipeError(f"model.preset: unknown preset {preset!r}; {_did_you_mean(str(preset), list(presets))}")
+    return {"name": preset, "vocab_size": getattr(spec, "vocab_size", None),
+            "context_length": getattr(spec, "context_length", None), "parameters": getattr(spec, "parameters", None),
+            "init_bias": getattr(spec, "init_bias", None)}
+
+
+def recipe_for(preset: str | None, path: str | None, task: str | None) -> Recipe:
+    """The recipe of a model (preset and/or local path) and task; RecipeError says which key to change."""
+    if preset is None and path is None:
+        raise RecipeError("model.preset: null needs model.path (a local model); set a preset, e.g. tiny")
+    if preset == "tiny" and path is not None:
+        raise RecipeError(f"model.path: {path} is set together with model.preset=tiny; a local model is described "
+                          "by its own config: set model.preset=null (or use --model DIR)")
+    facts = model_facts(preset, path)
+    return select_recipe(preset=preset, path=path, task=task, model_name=facts["name"],
+                         parameters=facts.get("parameters"), context_length=facts.get("context_length"),
+                         init_bias=facts.get("init_bias"))
+
+
+def _plain(node: Any) -> Any:
+    """A deep copy with pydantic sections turned into dicts (TarpoConfig(model=ModelConfig(...)) is allowed)."""
+    if isinstance(node, BaseModel):
+        node = node.model_dump()
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items()}
+    return copy.deepcopy(node)
+
+
+def apply_recipe(data: Any) -> Any:
+    """Raw params with every null/absent recipe key set to the selected recipe's value (params and --set win)."""
+    if not isinstance(data, dict):
+        return data
+    data = _plain(data)
+    model = data.get("model", {})
+    section = data.get("data", {})
+    if not isinstance(model, dict) or not isinstance(section, dict):
+        return data  # pydantic reports the wrong type
+    preset = model.get("preset", ModelConfig.model_fields["preset"].default)
+    path, task = model.get("path"), section.get("task")
+    if not all(v is None or isinstance(v, str) for v in (preset, path, task)):
+        return data
+    try:
+        recipe = recipe_for(preset, path, task)
+    except RecipeError as exc:
+        key, _, message = str(exc).partition(": ")
+        _fail([(key, message)])
+    for key, value in recipe.values.items():
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            if node.get(leaf) is None:
+                node[leaf] = copy.deepcopy(value)
+    return data
+
+
+def _model_problems(cfg: TarpoConfig) -> list[str]:
+    """Rules that need the model's own facts: vocabulary, context window, a preset's copy."""
+    facts = model_facts(cfg.model.preset, cfg.model.path)
+    name, problems = facts["name"], []
+    vocab, context = facts.get("vocab_size"), facts.get("context_length")
     if vocab and cfg.rollout.soft_top_k > vocab:
-        return [f"rollout.soft_top_k: {cfg.rollout.soft_top_k} exceeds the vocabulary of {preset.name} "
-                f"({vocab} tokens); set soft_top_k <= {vocab}"]
-    return []
+        problems.append(f"rollout.soft_top_k: {cfg.rollout.soft_top_k} exceeds the vocabulary of {name} "
+                        f"({vocab} tokens); set soft_top_k <= {vocab}")
+    expected = facts.get("preset_vocab_size")
+    if expected and vocab and expected != vocab:
+        problems.append(f"model.path: {cfg.model.path} has a vocabulary of {vocab} tokens, preset {cfg.model.preset} "
+                        f"{expected}: it is not a copy of that preset; set model.preset=null to use it by itself")
+    ro = cfg.rollout
+    longest = max(ro.max_new_tokens, cfg.eval.max_new_tokens or 0)
+    if context and ro.max_prompt_tokens + longest > context:
+        key = "eval.max_new_tokens" if longest > ro.max_new_tokens else "rollout.max_new_tokens"
+        problems.append(f"{key}: rollout.max_prompt_tokens {ro.max_prompt_tokens} + {longest} new tokens = "
+                        f"{ro.max_prompt_tokens + longest} exceeds the context length of {name} ({context} tokens); "
+                        f"lower them to a sum <= {context}")
+    return problems
+
+
+def config_sources(cfg: TarpoConfig, file_data: dict, set_keys: Sequence[str],
+                   file_label: str = "params.yaml") -> dict[str, str]:
+    """Where each resolved value came from: `--set`, the params file, `recipe NAME`, `derived` or `default`."""
+    recipe = recipe_for(cfg.model.preset, cfg.model.path, cfg.data.task)
+
+    def in_file(key: str) -> bool:
+        node: Any = file_data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return node is not None
+
+    sources = {}
+    for key in flatten_config(cfg):
+        if any(key == s or key.startswith(s + ".") for s in set_keys):
+            sources[key] = "--set"
+        elif in_file(key):
+            sources[key] = file_label
+        elif key in recipe.values:
+            sources[key] = f"recipe {recipe.name}"
+        elif key == "eval.max_new_tokens":
+            sources[key] = "derived (rollout.max_new_tokens)"
+        else:
+            sources[key] = "default"
+    return sources
 
 
 def shorthand_overrides(model: str | None = None, steps: int | None = None,
                         seed: int | None = None) -> list[str]:
-    """CLI shorthands (`--model`, `--steps`, `--seed`) as dotted overrides, applied after `--set`."""
+    """CLI shorthands (`--model`, `--steps`, `--seed`) as dotted overrides, applied after `--set`.
+
+    `--model DIR` sets model.path and model.preset=null: the directory is described by its own config.
+    """
     overrides = []
     if model is not None:
         presets = _load_presets()
-        is_dir = Path(model).is_dir()
-        if (presets is not None and model in presets) or (presets is None and not is_dir):
+        is_local = Path(model).is_dir() or (Path(model).is_file() and model.endswith(".gguf"))
+        if (presets is not None and model in presets) or (presets is None and not is_local):
             overrides += [f"model.preset={json.dumps(model)}", "model.path=null"]
-        elif is_dir:
-            overrides.append(f"model.path={json.dumps(str(model))}")
+        elif is_local:
+            overrides += [f"model.path={json.dumps(str(model))}", "model.preset=null"]
         else:
             raise ConfigError([f"--model: {model!r} is neither a preset nor an existing directory; "
                                f"{_did_you_mean(model, list(presets))}"])
@@ -538,17 +721,11 @@ def shorthand_overrides(model: str | None = None, steps: int | None = None,
 
 
 def resolve_config(cfg: TarpoConfig) -> TarpoConfig:
-    """A copy with every "null = default" filled: preset init bias, warm-up auto, eval length."""
-    presets = _load_presets() or {}
-    preset = presets.get(cfg.model.preset)
-    router, warmup, evaluation = cfg.router, cfg.warmup, cfg.eval
-    if router.init_bias is None and preset is not None:
-        router = router.model_copy(update={"init_bias": [float(b) for b in preset.init_bias]})
-    if warmup.enabled is None:
-        warmup = warmup.model_copy(update={"enabled": cfg.model.preset == "tiny"})
-    if evaluation.max_new_tokens is None:
-        evaluation = evaluation.model_copy(update={"max_new_tokens": cfg.rollout.max_new_tokens})
-    return cfg.model_copy(update={"router": router, "warmup": warmup, "eval": evaluation}, deep=True)
+    """A copy with the derived nulls filled (eval length = rollout length); recipe keys are already filled."""
+    if cfg.eval.max_new_tokens is not None:
+        return cfg.model_copy(deep=True)
+    evaluation = cfg.eval.model_copy(update={"max_new_tokens": cfg.rollout.max_new_tokens})
+    return cfg.model_copy(update={"eval": evaluation}, deep=True)
 
 
 def resolve_dtype(cfg_or_dtype: TarpoConfig | str, device: Any) -> "torch.dtype":  # noqa: F821
