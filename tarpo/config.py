@@ -788,6 +788,20 @@ def params_table_markdown() -> str:
     return "\n".join(rows) + "\n"
 
 
-def dump_yaml(cfg: TarpoConfig) -> str:
-    """The config as YAML in schema order (what `config show` prints)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+def dump_yaml(cfg: TarpoConfig, sources: dict[str, str] | None = None) -> str:
+    """The config as YAML in schema order (what `config show` prints); with `sources`, each value is followed by
+    a comment naming where it came from (`# recipe qwen2.5-7b-gsm8k`). The output is itself valid params."""
+    if sources is None:
+        return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+    lines: list[str] = []
+
+    def walk(node: dict, prefix: str, indent: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                lines.append(f"{indent}{key}:")
+                walk(value, f"{prefix}{key}.", indent + "  ")
+                continue
+            text = yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=True, width=1 << 20)
+            lines.append(f"{indent}{text.strip()[1:-1]}   # {sources.get(prefix + key, 'default')}")
+    walk(cfg.model_dump(mode="json"), "", "")
+    return "\n".join(lines) + "\n"

@@ -143,7 +143,7 @@ PAPER_MODELS = {  # preset -> per-model changes to the task recipe
 
 def _task_recipe(task: str) -> Recipe:
     return Recipe(f"paper-{task}", f"{_TASK_SOURCES[task]} (tarpo-reference 'Default hyper-parameters')",
-                  {**_PAPER_COMMON, **_TASK_VALUES[task]})
+                  {**_PAPER_COMMON, **_TASK_VALUES[task], "register.name": "tarpo-{model}-" + task})
 
 
 def _paper_recipe(preset: str, task: str) -> Recipe:
@@ -165,7 +165,7 @@ _SIZE_CLASS_SOURCES = {"small": "under 1B parameters: no gradient checkpointing,
 
 def _generic_recipe(size_class: str, task: str) -> Recipe:
     base = _task_recipe(task)
-    values = {**base.values, **_SIZE_CLASS_VALUES[size_class], "register.name": "tarpo-{model}-" + task}
+    values = {**base.values, **_SIZE_CLASS_VALUES[size_class]}
     return Recipe(f"generic-{size_class}-{task}", f"{base.source}; {_SIZE_CLASS_SOURCES[size_class]}; "
                   "lengths capped at half the context each", values, base=base.name)
 
