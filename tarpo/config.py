@@ -532,6 +532,13 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TarpoConfig:
     return load_config_with_sources(path, overrides)[0]
 
 
+def _leaf_keys(value: Any, key: str) -> list[str]:
+    """`model.lora={rank: 4}` sets model.lora.rank only (the other lora keys keep their sources)."""
+    if isinstance(value, dict) and value:
+        return [leaf for k, v in value.items() for leaf in _leaf_keys(v, f"{key}.{k}")]
+    return [key]
+
+
 def load_config_with_sources(path: str | Path, overrides: Sequence[str] = ()) -> tuple[TarpoConfig, dict[str, str]]:
     """`load_config` plus, for every key, where its value came from (recipe < params file < --set)."""
     file_data = _read_yaml(Path(path))
@@ -540,7 +547,7 @@ def load_config_with_sources(path: str | Path, overrides: Sequence[str] = ()) ->
         try:
             key, value = parse_override(text)
             _set_dotted(data, key, value)
-            set_keys.append(key)
+            set_keys += _leaf_keys(value, key)
         except ConfigError as exc:
             problems += exc.problems
     try:
