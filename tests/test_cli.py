@@ -92,7 +92,7 @@ BAD_CASES = {
 @pytest.fixture
 def tiny_presets(monkeypatch):
     """Preset metadata for the vocabulary/preset rules, so these tests do not depend on tarpo/models.py."""
-    monkeypatch.setattr(C, "_load_presets", lambda: {
+    monkeypatch.setattr("tarpo.config_load._load_presets", lambda: {
         "tiny": SimpleNamespace(name="tiny", hub_id=None, init_bias=(4.6, 0.0), vocab_size=512, context_length=1024)})
 
 

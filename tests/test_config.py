@@ -36,7 +36,7 @@ def fake_presets(monkeypatch):
     """Two presets with known vocabularies/biases, independent of tarpo/models.py."""
     presets = {"tiny": SimpleNamespace(name="tiny", hub_id=None, init_bias=(4.6, 0.0), vocab_size=512),
                "big-3b": SimpleNamespace(name="big-3b", hub_id="x/y", init_bias=(2.2, 0.0), vocab_size=None)}
-    monkeypatch.setattr(C, "_load_presets", lambda: presets)
+    monkeypatch.setattr("tarpo.config_load._load_presets", lambda: presets)
     return presets
 
 
@@ -169,7 +169,7 @@ def test_explicit_init_bias_wins_over_preset(tmp_path, fake_presets):
 
 
 def test_tolerant_without_models_module(tmp_path, monkeypatch):
-    monkeypatch.setattr(C, "_load_presets", lambda: None)
+    monkeypatch.setattr("tarpo.config_load._load_presets", lambda: None)
     cfg = load_config(write(tmp_path, "model: {preset: some-future-model}\n"))
     assert cfg.register.name == "tarpo-some-future-model-gsm8k"  # generic recipe, size unknown -> large
     assert cfg.model.gradient_checkpointing is True and cfg.router.init_bias == [4.6, 0.0]
