@@ -219,3 +219,20 @@ def test_select_recipe_is_pure_and_typed():
     recipe = R.select_recipe(preset=None, path="/x", task="math", model_name="x", parameters=5e8, context_length=600)
     assert recipe.name == "generic-small-math" and recipe.values["rollout.max_new_tokens"] == 300
     assert R.RECIPES["generic-small-math"].values["rollout.max_new_tokens"] == 1024  # the stored recipe untouched
+
+
+def test_config_show_prints_paper_values_with_sources(monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    import cli
+
+    monkeypatch.chdir(ROOT)
+    result = CliRunner().invoke(cli.app, ["config", "show", "--model", "qwen2.5-7b", "--set", "train.steps=5"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "  lr: 5.0e-06   # recipe qwen2.5-7b-gsm8k" in lines and "  lr: 0.0001   # recipe qwen2.5-7b-gsm8k" in lines
+    assert "  steps: 5   # --set" in lines and "  beta: 0.005   # params.yaml" in lines
+    assert "  name: tarpo-qwen2.5-7b-gsm8k   # recipe qwen2.5-7b-gsm8k" in lines
+    shown = yaml.safe_load(result.stdout)  # the comments leave valid params
+    assert TarpoConfig.model_validate(shown).model.lora.rank == 32
