@@ -107,8 +107,15 @@ def config_show(
     model: ModelOption = None,
 ) -> None:
     """Print the resolved config as YAML, each value commented with its source (recipe NAME / params / --set)."""
+    from tarpo.config import model_facts, recipe_for
+
     with user_errors():
         cfg, sources = load_params_with_sources(path, sets, model)
+        recipe = recipe_for(cfg.model.preset, cfg.model.path, cfg.data.task)
+        facts = model_facts(cfg.model.preset, cfg.model.path)
+    size = f"{facts['parameters'] / 1e9:.3g}B parameters" if facts.get("parameters") else "size unknown"
+    typer.echo(f"# model {facts['name']}: vocabulary {facts.get('vocab_size') or '?'}, context "
+               f"{facts.get('context_length') or '?'} tokens, {size}\n# recipe {recipe.name}: {recipe.source}")
     typer.echo(dump_yaml(cfg, sources), nl=False)
 
 

@@ -81,7 +81,7 @@ TINY = Recipe("tiny", "embedded 2-core CPU profile: tiny model + synthetic 1-2 s
 })
 
 # ----------------------------------------------------------------------------------- paper (per task)
-# The authors' training scripts ("Default hyper-parameters", docs/ARCHITECTURE.md "Recipes"): LoRA 32/64 on all
+# The authors' training scripts (TARPO, arXiv 2606.05859; their default hyper-parameters): LoRA 32/64 on all
 # projections, lr 5e-6 / router 1e-4, 1024/1024 tokens, 8 prompts per optimizer step, one epoch, save every 250
 # (keep 3), bf16 on CUDA (dtype auto), gradient checkpointing. Our fixes stay (renormalised soft weights, ...).
 _PAPER_COMMON = {
@@ -130,8 +130,8 @@ _TASK_VALUES = {
                      "rollout.group_size": 4, "train.micro_batch_size": 8, "train.steps": 250,
                      "eval.num_samples": 16, "eval.pass_k": [1, 16], "reward.kind": "numeric"},
 }
-_TASK_SOURCES = {"gsm8k": "authors' GSM8K script", "math": "authors' MATH script",
-                 "gsm-symbolic": "authors' GSM8K script on offline reasoning-gym gsm_symbolic data"}
+_TASK_SOURCES = {"gsm8k": "authors' GSM8K training script", "math": "authors' MATH training script",
+                 "gsm-symbolic": "authors' GSM8K training script on offline reasoning-gym gsm_symbolic data,"}
 
 PAPER_MODELS = {  # preset -> per-model changes to the task recipe
     "qwen2.5-1.5b": {},
@@ -142,7 +142,7 @@ PAPER_MODELS = {  # preset -> per-model changes to the task recipe
 
 
 def _task_recipe(task: str) -> Recipe:
-    return Recipe(f"paper-{task}", f"{_TASK_SOURCES[task]} (tarpo-reference 'Default hyper-parameters')",
+    return Recipe(f"paper-{task}", f"{_TASK_SOURCES[task]} defaults (TARPO, arXiv 2606.05859)",
                   {**_PAPER_COMMON, **_TASK_VALUES[task], "register.name": "tarpo-{model}-" + task})
 
 
