@@ -112,7 +112,7 @@ _PAPER_COMMON = {
     "train.checkpoint_every": 250,
     "train.keep_checkpoints": 3,
     "eval.batch_size": 64,
-    "eval.max_problems": None,                    # the whole test split
+    "eval.max_problems": None,                    # the whole test split; k as the authors' eval scripts (below)
     "reward.answer_rule": "marker-or-boxed",
 }
 _TASK_VALUES = {
