@@ -15,7 +15,8 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 
-from tarpo.config import ConfigError, TarpoConfig, dump_yaml, load_config, resolve_config, shorthand_overrides
+from tarpo.config import (ConfigError, TarpoConfig, dump_yaml, load_config, load_config_with_sources, resolve_config,
+                          shorthand_overrides)
 
 USER_ERROR_EXIT = 2
 DEFAULT_PARAMS = Path("params.yaml")
@@ -66,19 +67,25 @@ def user_errors() -> Iterator[None]:
 
 
 def load_params(path: Path, sets: Optional[list[str]] = None, model: Optional[str] = None) -> TarpoConfig:
-    """params file + --set overrides + shorthands, validated and resolved (preset defaults applied)."""
+    """params file + --set overrides + shorthands, validated and resolved (recipe values filled)."""
+    return load_params_with_sources(path, sets, model)[0]
+
+
+def load_params_with_sources(path: Path, sets: Optional[list[str]] = None,
+                             model: Optional[str] = None) -> tuple[TarpoConfig, dict[str, str]]:
+    """`load_params` plus where each value came from (recipe NAME / params file / --set)."""
     problems, overrides = [], list(sets or [])
     try:
         overrides += shorthand_overrides(model=model)
     except ConfigError as exc:
         problems += exc.problems
     try:
-        cfg = load_config(path, overrides)
+        cfg, sources = load_config_with_sources(path, overrides)
     except ConfigError as exc:
         problems += exc.problems
     if problems:
         raise ConfigError(problems)
-    return resolve_config(cfg)
+    return resolve_config(cfg), sources
 
 
 # ---------------------------------------------------------------------------------------- config
@@ -99,10 +106,17 @@ def config_show(
     sets: SetOption = None,
     model: ModelOption = None,
 ) -> None:
-    """Print the fully resolved config (overrides and preset defaults applied) as YAML."""
+    """Print the resolved config as YAML, each value commented with its source (recipe NAME / params / --set)."""
+    from tarpo.config import model_facts, recipe_for
+
     with user_errors():
-        cfg = load_params(path, sets, model)
-    typer.echo(dump_yaml(cfg), nl=False)
+        cfg, sources = load_params_with_sources(path, sets, model)
+        recipe = recipe_for(cfg.model.preset, cfg.model.path, cfg.data.task)
+        facts = model_facts(cfg.model.preset, cfg.model.path)
+    size = f"{facts['parameters'] / 1e9:.3g}B parameters" if facts.get("parameters") else "size unknown"
+    typer.echo(f"# model {facts['name']}: vocabulary {facts.get('vocab_size') or '?'}, context "
+               f"{facts.get('context_length') or '?'} tokens, {size}\n# recipe {recipe.name}: {recipe.source}")
+    typer.echo(dump_yaml(cfg, sources), nl=False)
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -151,7 +165,7 @@ def _stage_params(params: Path, sets: Optional[list[str]], model: Optional[str] 
 def _stage_errors() -> tuple[type[BaseException], ...]:
     """Errors a stage raises for the user: missing inputs, unreachable tracking store, data problems."""
     return _lazy_error_types(FileNotFoundError, (
-        ("tarpo.tracking", "TrackingUnavailable"), ("tarpo.data", "DataError"),
+        ("tarpo.tracking", "TrackingUnavailable"), ("tarpo.data", "DataError"), ("pipeline.common", "BaseModelMismatch"),
         ("pipeline.register", "RegisterError"), ("tarpo.checkpoint", "CheckpointError")))
 
 
@@ -167,25 +181,25 @@ def stage_errors() -> Iterator[None]:
 
 
 @app.command()
-def prepare(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None) -> None:
-    """Stage 1: read the `data` section, write data/prepared/{train,eval}.jsonl and metrics/prepare.json."""
+def prepare(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model: ModelOption = None) -> None:
+    """Stage 1: read the `data` section (its recipe follows the model), write data/prepared/ and metrics/prepare.json."""
     from pipeline.prepare import run_prepare
 
     with stage_errors():
-        cfg = _stage_params(params, sets)
+        cfg = _stage_params(params, sets, model)
         stats = run_prepare(data_cfg=cfg.data)
     typer.echo(f"prepared {stats['train_count']} train / {stats['eval_count']} eval records")
 
 
 @app.command()
 def warmup(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model: ModelOption = None) -> None:
-    """Stage 2: supervised warm-up of `tiny` on worked solutions (skipped for real presets)."""
+    """Stage 2: supervised warm-up of `tiny` on worked solutions (off in every other recipe)."""
     from pipeline.warmup import run_warmup
 
     with stage_errors():
         cfg = _stage_params(params, sets, model)
         result = run_warmup(cfg=cfg)
-    typer.echo("warm-up skipped (preset weights are the start)" if not result.get("ran")
+    typer.echo("warm-up skipped (the configured model's weights are the start)" if not result.get("ran")
                else f"warm-up done: final loss {result['final_loss']:.3f}")
 
 
@@ -202,8 +216,7 @@ def train(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model: 
             _launch(cfg, params, sets, model, resume, steps)
             return
         check_tracking(cfg.tracking)
-        if cfg.model.path is None:  # a missing preset must fail in seconds, before data or tracking work
-            _models().resolve_model(cfg.model.preset, None)
+        _models().resolve_model(cfg.model.preset, cfg.model.path)  # a missing model fails in seconds, before any work
         metrics = stage.run_train(cfg=cfg, resume=resume, params_path=params)
     if metrics:
         typer.echo(f"trained {metrics.get('steps')} steps -> models/tarpo")
@@ -220,8 +233,12 @@ def _launch(cfg: TarpoConfig, params: Path, sets, model, resume: bool, steps) ->
     from pipeline import train as stage
     from pipeline.common import check_tracking
 
+    from pipeline.common import choose_base
+
     check_tracking(cfg.tracking)
-    stage.prepare_checkpoints(paths.CHECKPOINT_DIR, stage.params_hash(cfg, paths.TRAIN_DATA, paths.WARMUP_DIR), resume)
+    _, base = choose_base(cfg)
+    stage.prepare_checkpoints(paths.CHECKPOINT_DIR, stage.params_hash(cfg, paths.TRAIN_DATA, paths.WARMUP_DIR, base),
+                              resume)
     argv = ["train", "--params", str(params), *[f"--set={s}" for s in sets or []],
             *(["--model", model] if model else []), "--resume" if resume else "--no-resume",
             *(["--steps", str(steps)] if steps else [])]
@@ -232,14 +249,28 @@ def _launch(cfg: TarpoConfig, params: Path, sets, model, resume: bool, steps) ->
         raise typer.Exit(code)
 
 
+EvalModelOption = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Evaluate this model BY ITSELF (preset or local dir; no trained adapter needed) -> "
+                          "outputs/eval/<name>/; without it: the pipeline's before/after comparison.")]
+
+
 @app.command()
-def evaluate(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model: ModelOption = None) -> None:
-    """Stage 4: evaluate the warm-up and TARPO models on the held-out split -> metrics/eval.json."""
-    from pipeline.evaluate import run_evaluate
+def evaluate(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model: EvalModelOption = None) -> None:
+    """Stage 4: evaluate the start and TARPO models on the held-out split -> metrics/eval.json."""
+    from pipeline.evaluate import run_evaluate, run_evaluate_model
 
     with stage_errors():
         cfg = _stage_params(params, sets, model)
-        m = run_evaluate(cfg=cfg)
+        if model is not None:
+            m, out_dir = run_evaluate_model(cfg=cfg)
+        else:
+            m = run_evaluate(cfg=cfg)
+    if model is not None:
+        shown = [f"{k} {m[k]:.3f}" for k in ("avg_at_k", "greedy_accuracy", "answer_found_rate", "marker_rate")
+                 if isinstance(m.get(k), (int, float))]
+        typer.echo(f"{model}: " + ", ".join(shown) + f"; {m.get('prompts_truncated', 0)} prompts truncated -> "
+                   f"{out_dir}/metrics.json")
+        return
     typer.echo(f"avg@k before TARPO {m['warmup/avg_at_k']:.3f} (+-{m['warmup/stderr']:.3f}), after "
                f"{m['tarpo/avg_at_k']:.3f} (+-{m['tarpo/stderr']:.3f}); improvement {m['improvement']:+.3f} "
                f"+- {m['improvement_stderr']:.3f}")
@@ -259,22 +290,26 @@ def register(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, mode
 
 def _register(cfg: TarpoConfig) -> dict:
     from pipeline import paths
-    from pipeline.common import warmup_model_dir
+    from pipeline.common import check_trained_base, choose_base
     from pipeline.register import run_register
 
-    base = warmup_model_dir(paths.WARMUP_DIR) if cfg.register.enabled else None
-    return run_register(cfg=cfg, base_model_dir=base)
+    if cfg.register.enabled:  # the configured model must be the one models/tarpo was trained from
+        check_trained_base(paths.TRAINED_DIR, choose_base(cfg, log=lambda _: None)[1])
+    return run_register(cfg=cfg)
 
 
 @app.command("run")
 def run_all(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model: ModelOption = None,
             resume: ResumeOption = True, steps: StepsOption = None) -> None:
     """All stages in order without DVC: prepare, warmup, train, evaluate, register."""
+    with user_errors():
+        model_sets = shorthand_overrides(model=model)  # evaluate's --model means "this model by itself"
+    sets = [*(sets or []), *model_sets]
     prepare(params, sets)
-    warmup(params, sets, model)
-    train(params, sets, model, resume, steps)
-    evaluate(params, [*(sets or []), *([f"train.steps={steps}"] if steps else [])], model)
-    register(params, [*(sets or []), *([f"train.steps={steps}"] if steps else [])], model)
+    warmup(params, sets)
+    train(params, sets, None, resume, steps)
+    evaluate(params, [*sets, *([f"train.steps={steps}"] if steps else [])])
+    register(params, [*sets, *([f"train.steps={steps}"] if steps else [])])
 
 
 @app.command()

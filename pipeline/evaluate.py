@@ -1,9 +1,13 @@
-"""evaluate stage: the model before TARPO (warm-up output, or the preset) and the TARPO model, same problems.
+"""evaluate stage: the model before TARPO (the start weights train used) and the TARPO model, same problems.
 
 Reads `eval` (+ the prompt format, model and router sections), the prepared eval split, the warm-up output,
 `models/tarpo/` and the run info. Writes atomically: `metrics/eval.json` (flat keys `warmup/...`, `tarpo/...`,
 `improvement`, `improvement_stderr`), `eval/{warmup,tarpo}.jsonl` (per problem, soft spans as ⟦…⟧) and
-`plots/eval.csv`; logs the eval metrics and files to the training run.
+`plots/eval.csv`; logs the eval metrics and files to the training run. The "before" model follows the same rule
+as train (pipeline.common.choose_base) and must be the one models/tarpo was trained from.
+
+`run_evaluate_model` evaluates one model by itself (`evaluate --model NAME`: no trained adapter needed) and writes
+`outputs/eval/<name>/{metrics.json,completions.jsonl}`.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.common import chat_prompts, check_tracking, open_run, require_file, warmup_model_dir
+from pipeline.common import (chat_prompts, check_tracking, check_trained_base, choose_base, configured_base,
+                             count_long_prompts, open_run, require_file)
 from tarpo.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 MODELS = ("warmup", "tarpo")
@@ -42,8 +47,11 @@ def make_generate_fn(policy, tokenizer, settings, max_prompt_tokens: int | None)
     return generate
 
 
-def evaluate_policy(policy, tokenizer, records, cfg, *, progress_label: str = "") -> tuple[list, dict]:
-    """Seeded k-sample (and optional greedy) evaluation of one policy on `records`."""
+def evaluate_policy(policy, tokenizer, records, cfg, *, progress_label: str = "", log=None) -> tuple[list, dict]:
+    """Seeded k-sample (and optional greedy) evaluation of one policy on `records`.
+
+    The summary also counts `prompts_truncated`: prompts longer than rollout.max_prompt_tokens (warned via `log`).
+    """
     import torch
 
     from tarpo.evaluate import run_evaluation
@@ -56,13 +64,18 @@ def evaluate_policy(policy, tokenizer, records, cfg, *, progress_label: str = ""
                                           **common)
     greedy = RolloutSettings.from_config(ro, cfg.router, tokenizer, policy.vocab_size, greedy_tokens=True, **common)
     prompts = dict(zip((r.id for r in records), chat_prompts(tokenizer, [r.prompt for r in records], cfg.data, ro)))
+    long_prompts = count_long_prompts(tokenizer, list(prompts.values()), ro.max_prompt_tokens)
+    if long_prompts and log is not None:
+        log(f"warning: {long_prompts} of {len(prompts)} eval prompts are longer than rollout.max_prompt_tokens="
+            f"{ro.max_prompt_tokens} and lose their beginning (the system prompt first); raise it")
     policy.eval()
     with torch.no_grad():
-        return run_evaluation(
+        results, summary = run_evaluation(
             records, make_generate_fn(policy, tokenizer, sampled, ro.max_prompt_tokens),
             num_samples=ev.num_samples, seed=ev.seed, batch_size=ev.batch_size, pass_k=ev.pass_k,
             reward_fn=make_reward_fn(marker=ro.answer_marker), render_prompt=lambda r: prompts[r.id],
             greedy_fn=make_generate_fn(policy, tokenizer, greedy, ro.max_prompt_tokens) if ev.greedy else None)
+    return results, {**summary, "prompts_truncated": long_prompts}
 
 
 def compare(before: list, after: list) -> dict[str, float]:
@@ -90,13 +103,14 @@ def run_evaluate(*, cfg, eval_path: str | Path = paths.EVAL_DATA, warmup_dir: st
     if cfg.eval.max_problems:
         records = records[:cfg.eval.max_problems]
     require_file(Path(trained_dir) / "router.safetensors", "train")
-    base = warmup_model_dir(warmup_dir)
+    base, base_record = choose_base(cfg, warmup_dir, models_dir, log)
+    check_trained_base(trained_dir, base_record)
     results, metrics = {}, {}
     for name, trained in (("warmup", None), ("tarpo", trained_dir)):
         policy, tokenizer, _ = load_policy(cfg.model, cfg.router, seed=cfg.train.seed, base_path=base,
                                            trained_dir=trained, models_dir=models_dir)
         log(f"evaluating {name} model on {len(records)} problems x {cfg.eval.num_samples} samples")
-        results[name], summary = evaluate_policy(policy, tokenizer, records, cfg)
+        results[name], summary = evaluate_policy(policy, tokenizer, records, cfg, log=log if name == "warmup" else None)
         metrics.update({f"{name}/{k}": v for k, v in summary.items()})
         del policy
     metrics.update(compare(results["warmup"], results["tarpo"]))
@@ -115,3 +129,31 @@ def run_evaluate(*, cfg, eval_path: str | Path = paths.EVAL_DATA, warmup_dir: st
         tracker.log_artifact(str(metrics_path), "eval")
         tracker.close()
     return metrics
+
+
+def run_evaluate_model(*, cfg, eval_path: str | Path | None = None, out_root: str | Path = paths.SINGLE_EVAL_DIR,
+                       models_dir: str | Path = paths.MODELS_DIR, log=print) -> tuple[dict[str, float], Path]:
+    """Evaluate the configured model by itself (its own weights, the initial router; no adapter, no warm-up).
+
+    Problems: `eval_path` (prepared records), else the eval split the `data` section describes, built here exactly
+    as prepare would (so `--model X --set data.source=reasoning-gym` needs no prepare run and leaves
+    data/prepared alone). Writes `<out_root>/<model label>/metrics.json` (the base record included) and
+    `completions.jsonl`; returns (metrics, that directory). The pipeline's two-model comparison is untouched.
+    """
+    from pipeline.prepare import build_splits
+    from tarpo.data import read_prepared
+    from tarpo.factory import load_policy
+    from tarpo.recipes import model_label
+
+    records = read_prepared(require_file(eval_path, "prepare")) if eval_path else build_splits(cfg.data).eval
+    if cfg.eval.max_problems:
+        records = records[:cfg.eval.max_problems]
+    base = configured_base(cfg, models_dir)
+    policy, tokenizer, resolved = load_policy(cfg.model, cfg.router, seed=cfg.train.seed, models_dir=models_dir)
+    log(f"evaluating {resolved.name} by itself on {len(records)} problems x {cfg.eval.num_samples} samples")
+    results, summary = evaluate_policy(policy, tokenizer, records, cfg, log=log)
+    out_dir = Path(out_root) / model_label(resolved.name)
+    write_jsonl_atomic(out_dir / "completions.jsonl", (r.to_row() for r in results))
+    metrics = {**summary, "base": base}
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    return metrics, out_dir

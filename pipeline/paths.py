@@ -19,6 +19,7 @@ WARMUP_PLOT = "plots/warmup.csv"
 # train
 CHECKPOINT_DIR = "checkpoints"               # persistent: a killed train run resumes from here
 TRAINED_DIR = "models/tarpo"                 # adapter + routers (+ base reference), written atomically
+TRAINED_BASE = "base.json"                   # inside TRAINED_DIR: the start weights really loaded
 TRAIN_METRICS = "metrics/train.json"
 TRAIN_PLOT = "plots/train.csv"
 RUN_INFO = "outputs/run_info.json"           # tracking run id + params hash for evaluate / register
@@ -27,6 +28,7 @@ RUN_INFO = "outputs/run_info.json"           # tracking run id + params hash for
 EVAL_METRICS = "metrics/eval.json"
 EVAL_DIR = "eval"                            # per-problem jsonl files
 EVAL_PLOT = "plots/eval.csv"
+SINGLE_EVAL_DIR = "outputs/eval"             # `evaluate --model NAME`: <dir>/<name>/{metrics.json,completions.jsonl}
 
 # register
 REGISTER_INFO = "metrics/register.json"

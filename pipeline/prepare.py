@@ -30,10 +30,9 @@ def _section(obj) -> dict:
     return dict(vars(obj))
 
 
-def run_prepare(*, data_cfg, out_dir: str | Path = OUT_DIR,
-                metrics_path: str | Path = METRICS_PATH) -> dict[str, int]:
-    """Build disjoint train/eval sets per `data_cfg` (a DataConfig) and write them; returns the metrics."""
-    splits = load_splits(
+def build_splits(data_cfg):
+    """The train/eval Splits that `data_cfg` describes (nothing written)."""
+    return load_splits(
         source=data_cfg.source, train_path=data_cfg.train_path, eval_path=data_cfg.eval_path,
         fields=_section(data_cfg.fields),
         hub={"name": data_cfg.hub_name, "config": data_cfg.hub_config,
@@ -41,6 +40,12 @@ def run_prepare(*, data_cfg, out_dir: str | Path = OUT_DIR,
         train_size=data_cfg.train_size, eval_size=data_cfg.eval_size,
         malformed=data_cfg.malformed, seed=data_cfg.seed, synthetic=_section(data_cfg.synthetic),
         reasoning_gym_dataset=_section(data_cfg.reasoning_gym).get("dataset"))
+
+
+def run_prepare(*, data_cfg, out_dir: str | Path = OUT_DIR,
+                metrics_path: str | Path = METRICS_PATH) -> dict[str, int]:
+    """Build disjoint train/eval sets per `data_cfg` (a DataConfig) and write them; returns the metrics."""
+    splits = build_splits(data_cfg)
     out_dir = Path(out_dir)
     write_jsonl_atomic(out_dir / TRAIN_FILE, (r.to_dict() for r in splits.train))
     write_jsonl_atomic(out_dir / EVAL_FILE, (r.to_dict() for r in splits.eval))

@@ -5,6 +5,9 @@ id the train stage wrote, and the eval metrics. Every new version gets `register
 `candidate`); `register.champion_alias` moves to it only when its `register.champion_metric` is
 strictly higher than the current champion's, which is stored on each version as the tag
 `eval.<metric>` (so the decision never depends on a run that may have been deleted).
+The base recorded with the model is what train really loaded (`models/tarpo/base.json`): the warm-up output is
+bundled only when training started from it (after checking it is unchanged); tiny is bundled (it exists nowhere
+else); presets and local dirs are referenced by name/path.
 Writes `metrics/register.json` atomically: version, aliases set, champion decision with both numbers.
 """
 
@@ -77,10 +80,26 @@ def champion_decision(client, name: str, alias: str, metric: str, value: float, 
     return {**decision, "promoted": promoted, "reason": reason}
 
 
-def run_register(*, cfg, trained_dir: str | Path = paths.TRAINED_DIR, base_model_dir: str | Path | None,
+def trained_base(trained_dir: str | Path) -> tuple[str | None, bool]:
+    """(base dir to record, bundle it?) from models/tarpo/base.json, the start weights train really loaded."""
+    from tarpo.model_info import weights_sha256
+
+    base = _read_json(Path(trained_dir) / paths.TRAINED_BASE, "train").get("base") or {}
+    if not base.get("from_warmup"):
+        return base.get("path"), base.get("preset") == "tiny"
+    if not Path(base["path"]).is_dir() or weights_sha256(base["path"]) != base.get("weights_sha256"):
+        raise RegisterError(f"{base['path']} changed since training started from it (weights fingerprint differs); "
+                            "rerun train (or dvc repro) before registering")
+    return base["path"], True
+
+
+def run_register(*, cfg, trained_dir: str | Path = paths.TRAINED_DIR, base_model_dir: str | Path | None = None,
                  eval_metrics_path: str | Path = paths.EVAL_METRICS, run_info_path: str | Path = paths.RUN_INFO,
                  metrics_path: str | Path = paths.REGISTER_INFO) -> dict:
-    """Log + register the trained model, set aliases; returns what it wrote to `metrics_path`."""
+    """Log + register the trained model, set aliases; returns what it wrote to `metrics_path`.
+
+    `base_model_dir` None = the base recorded by train (trained_base); tests pass a dir explicitly.
+    """
     reg = cfg.register
     if not reg.enabled:
         result = {"registered": False, "reason": "register.enabled=false"}
@@ -96,7 +115,11 @@ def run_register(*, cfg, trained_dir: str | Path = paths.TRAINED_DIR, base_model
     if not run_id:
         raise RegisterError(f"{run_info_path} has no run_id; train with tracking.enabled=true before registering")
     value = metric_value(_read_json(eval_metrics_path, "evaluate"), reg.champion_metric, eval_metrics_path)
-    model_uri = log_tarpo_model(run_id, trained_dir=trained_dir, base_model_dir=base_model_dir, model_cfg=cfg.model,
+    bundle = None
+    if base_model_dir is None:
+        base_model_dir, bundle = trained_base(trained_dir)
+    model_uri = log_tarpo_model(run_id, trained_dir=trained_dir, base_model_dir=base_model_dir, bundle_base=bundle,
+                                model_cfg=cfg.model,
                                 router_cfg=cfg.router, rollout_cfg=cfg.rollout, tracking_uri=cfg.tracking.uri,
                                 system_prompt=cfg.data.system_prompt)
     version = register_model(model_uri, reg.name, tags={f"eval.{reg.champion_metric}": repr(value), "run_id": run_id})

@@ -1,9 +1,11 @@
-"""train stage: TARPO on the prepared train split, starting from the warm-up model (or the preset).
+"""train stage: TARPO on the prepared train split, starting from the configured model (or its warm-up output).
 
 Reads `data` (prompt format), `model`, `router`, `rollout`, `train`, `tracking` and the warm-up output.
 Writes: `checkpoints/` (persistent; a killed run resumes from it when the params hash matches),
 `models/tarpo/` (adapter + routers + base.json, atomically), `metrics/train.json`, `plots/train.csv`
-(one row per step) and `outputs/run_info.json` (tracking run id for evaluate and register).
+(one row per step) and `outputs/run_info.json` (tracking run id for evaluate and register). run_info.json,
+`models/tarpo/base.json` and the MLflow run (params `base.*`) record the start weights really loaded: preset, path
+and weights fingerprint (pipeline.common.choose_base: the warm-up output only when made from the configured model).
 With train.num_processes > 1 or train.accelerate_config set, cli.py re-launches itself through
 `accelerate launch` (see `launch_command`); this module then runs once per process.
 """
@@ -20,8 +22,8 @@ import time
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.common import (check_tracking, chat_prompts, file_sha256, open_run, require_file, warmup_model_dir,
-                             write_dir_atomic)
+from pipeline.common import (check_tracking, chat_prompts, choose_base, count_long_prompts, file_sha256, open_run,
+                             require_file, write_dir_atomic)
 from tarpo.io import write_json_atomic, write_text_atomic
 
 LAUNCHED_ENV = "TARPO_ACCELERATE_CHILD"   # set on processes started by launch_command
@@ -65,7 +67,7 @@ def launch_command(cfg, argv: list[str], *, cuda: bool) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ resume
-def params_hash(cfg, train_path: str | Path, warmup_dir: str | Path) -> str:
+def params_hash(cfg, train_path: str | Path, warmup_dir: str | Path, base: dict | None = None) -> str:
     """Hash of everything that changes the training trajectory (config sections + data + start weights)."""
     import hashlib
 
@@ -76,6 +78,8 @@ def params_hash(cfg, train_path: str | Path, warmup_dir: str | Path) -> str:
     marker = Path(warmup_dir) / paths.WARMUP_MARKER
     sections["_inputs"] = {"train_data": file_sha256(train_path),
                            "warmup": file_sha256(marker) if marker.is_file() else None}
+    if base is not None:
+        sections["_inputs"]["base_weights"] = base["weights_sha256"]
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
 
 
@@ -147,8 +151,13 @@ def build_trainer(cfg, records, base: Path | None, checkpoint_dir: Path, models_
     policy, tokenizer, resolved = load_policy(cfg.model, cfg.router, seed=cfg.train.seed, base_path=base,
                                               models_dir=models_dir)
     reward = make_reward_fn(marker=cfg.rollout.answer_marker)
+    prompts = chat_prompts(tokenizer, [r.prompt for r in records], cfg.data, cfg.rollout)
+    long_prompts = count_long_prompts(tokenizer, prompts, cfg.rollout.max_prompt_tokens)
+    if long_prompts:
+        log(f"warning: {long_prompts} of {len(prompts)} training prompts are longer than rollout.max_prompt_tokens="
+            f"{cfg.rollout.max_prompt_tokens} and lose their beginning (the system prompt first); raise it")
     trainer = TarpoTrainer(
-        policy, tokenizer, chat_prompts(tokenizer, [r.prompt for r in records], cfg.data, cfg.rollout),
+        policy, tokenizer, prompts,
         [r.answer for r in records], lambda texts, golds, ro: [float(x) for x in reward(texts, golds, ro)],
         settings=TrainSettings.from_config(cfg),
         rollout_settings=RolloutSettings.from_config(cfg.rollout, cfg.router, tokenizer, policy.vocab_size),
@@ -170,15 +179,15 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
     from tarpo.data import read_prepared
 
     records = read_prepared(require_file(train_path, "prepare"))
-    base = warmup_model_dir(warmup_dir)
+    base, base_record = choose_base(cfg, warmup_dir, models_dir, log)
     checkpoint_dir = Path(checkpoint_dir)
     child = os.environ.get(LAUNCHED_ENV) == "1"
-    digest = params_hash(cfg, train_path, warmup_dir)
+    digest = params_hash(cfg, train_path, warmup_dir, base_record)
     external = launched_externally()
     if not child and not external:  # our launcher already did this before starting the processes
         prepare_checkpoints(checkpoint_dir, digest, resume, log)
 
-    trainer, resolved = build_trainer(cfg, records, base, checkpoint_dir, models_dir, log, params_hash=digest)
+    trainer, _ = build_trainer(cfg, records, base, checkpoint_dir, models_dir, log, params_hash=digest)
     if external:  # started by the user's launcher (e.g. on several nodes): one process prepares, all wait
         if trainer.accelerator.is_main_process:
             prepare_checkpoints(checkpoint_dir, digest, resume, log)
@@ -187,7 +196,7 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
     main = trainer.accelerator.is_main_process
     tracker = None
     if main:
-        tags = {"stage": "train", "preset": cfg.model.preset, "params_hash": digest[:12]}
+        tags = {"stage": "train", "preset": cfg.model.preset or f"local:{cfg.model.path}", "params_hash": digest[:12]}
         tracker = _open_train_run(cfg.tracking, trainer.state.run_id if resumed else None, tags, log)
         run_id = getattr(tracker, "run_id", None)
         if run_id:
@@ -195,7 +204,8 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
         if not resumed:
             from tarpo.config import flatten_config
 
-            tracker.log_params(flatten_config(cfg))
+            tracker.log_params({**flatten_config(cfg), **{f"base.{k}": str(v) for k, v in base_record.items()
+                                                          if k != "made_from"}})
             if Path(params_path).is_file():
                 tracker.log_artifact(str(params_path))
         trainer.tracker = tracker
@@ -222,12 +232,11 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
     if not main:
         return {}
     info = {"run_id": trainer.state.run_id, "params_hash": digest, "steps": trainer.state.step,
-            "base_model": str(base) if base else str(resolved.path), "preset": cfg.model.preset,
-            "tracking_uri": cfg.tracking.uri if cfg.tracking.enabled else None}
+            "base": base_record, "tracking_uri": cfg.tracking.uri if cfg.tracking.enabled else None}
 
     def write(tmp: Path) -> None:
         trainer.export(tmp)
-        write_json_atomic(tmp / "base.json", {k: info[k] for k in ("base_model", "preset", "run_id")})
+        write_json_atomic(tmp / paths.TRAINED_BASE, {k: info[k] for k in ("base", "run_id")})
 
     write_dir_atomic(trained_dir, write)
     metrics = {**summary_metrics(rows), "resumed": int(resumed), "train_seconds": time.perf_counter() - started}

@@ -2,8 +2,9 @@
 
 Reads the `warmup` section (plus the model, the prompt format and train.seed) and the prepared train split.
 Writes (atomically) `models/warmup/` (HF model + tokenizer + warmup.json), `metrics/warmup.json` and
-`plots/warmup.csv`. For real presets (warmup.enabled null -> off) it writes only the marker
-`models/warmup/warmup.json` with ran=false, so the DVC outs exist and later stages use the preset's weights.
+`plots/warmup.csv`. warmup.json records `made_from` = {preset, path, weights_sha256} of the base it was made from:
+later stages use the output only when that is the configured model (pipeline.common.choose_base). When the recipe
+turns warm-up off (every model but tiny) it writes only the marker with ran=false, so the DVC outs exist.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.common import chat_prompts, require_file, write_dir_atomic
+from pipeline.common import chat_prompts, configured_base, require_file, write_dir_atomic
 from tarpo.io import write_json_atomic, write_text_atomic
 
 
@@ -25,10 +26,9 @@ def run_warmup(*, cfg, train_path: str | Path = paths.TRAIN_DATA, out_dir: str |
                metrics_path: str | Path = paths.WARMUP_METRICS, plot_path: str | Path = paths.WARMUP_PLOT,
                models_dir: str | Path = paths.MODELS_DIR, progress: bool = True) -> dict:
     """Run (or skip) the warm-up per the resolved config; returns the metrics written."""
-    enabled = cfg.warmup.enabled if cfg.warmup.enabled is not None else cfg.model.preset == "tiny"
-    if not enabled:
-        info = {"ran": False, "reason": f"warmup disabled for preset {cfg.model.preset!r}; TARPO starts from "
-                                        "the preset's weights"}
+    if not cfg.warmup.enabled:
+        info = {"ran": False, "reason": f"warmup disabled for {cfg.model.preset or cfg.model.path!r}; TARPO starts "
+                                        "from the configured model's weights"}
         write_dir_atomic(out_dir, lambda tmp: write_json_atomic(tmp / paths.WARMUP_MARKER, info))
         write_json_atomic(metrics_path, {"ran": 0})
         _write_plot(plot_path, [])
@@ -60,7 +60,7 @@ def run_warmup(*, cfg, train_path: str | Path = paths.TRAIN_DATA, out_dir: str |
                                max_tokens=cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens,
                                on_step=lambda step, m: rows.append({"step": step, **m}), progress=progress)
     metrics = {"ran": 1, **result, "seconds": time.perf_counter() - started}
-    info = {"ran": True, "base": str(resolved.path), "preset": cfg.model.preset, **metrics}
+    info = {"ran": True, "made_from": configured_base(cfg, models_dir), **metrics}
 
     def write(tmp: Path) -> None:
         model.save_pretrained(str(tmp), safe_serialization=True)

@@ -1,4 +1,4 @@
-"""Rewrite the params table in README.md from the pydantic field descriptions (so docs never drift).
+"""Rewrite the params and recipes tables in README.md from the code (field descriptions, tarpo/recipes.py).
 
 Usage: python scripts/render_params_table.py [--check]   (--check: exit 1 if README.md is out of date)
 """
@@ -12,17 +12,26 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tarpo.config import params_table_markdown  # noqa: E402
+from tarpo.recipes import recipes_table_markdown  # noqa: E402
 
 START, END = "<!-- params-table:start -->", "<!-- params-table:end -->"
+BLOCKS = {"params-table": params_table_markdown, "recipes-table": recipes_table_markdown}
+
+
+def _replace(text: str, name: str, table: str) -> str:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    head, found_start, rest = text.partition(start)
+    _, found_end, tail = rest.partition(end)
+    if not found_start or not found_end:
+        raise ValueError(f"README.md lacks the markers {start} ... {end}")
+    return f"{head}{start}\n{table}{end}{tail}"
 
 
 def render(readme_text: str) -> str:
-    """README text with the block between the markers replaced by the current table."""
-    head, start, rest = readme_text.partition(START)
-    _, end, tail = rest.partition(END)
-    if not start or not end:
-        raise ValueError(f"README.md lacks the markers {START} ... {END}")
-    return f"{head}{START}\n{params_table_markdown()}{END}{tail}"
+    """README text with each generated block (params, recipes) replaced by the current table."""
+    for name, make in BLOCKS.items():
+        readme_text = _replace(readme_text, name, make())
+    return readme_text
 
 
 def main(argv: list[str]) -> int:
@@ -31,12 +40,12 @@ def main(argv: list[str]) -> int:
     wanted = render(current)
     if "--check" in argv:
         if current != wanted:
-            print("README.md params table is out of date: run python scripts/render_params_table.py", file=sys.stderr)
+            print("README.md tables are out of date: run python scripts/render_params_table.py", file=sys.stderr)
             return 1
         return 0
     if current != wanted:
         readme.write_text(wanted, encoding="utf-8")
-        print("README.md params table updated")
+        print("README.md tables updated")
     return 0
 
 

@@ -4,31 +4,30 @@ Why pydantic with `extra="forbid"` and strict types: a typo in params.yaml (`los
 number must fail loudly before a long run starts, not be ignored. Every problem is collected and
 reported as one line `dotted.key: message`; only cli.py turns them into an exit code.
 
-Defaults are DESIGN.md's normative values, else the reference's training scripts (lr 5e-6, beta 0.005,
-weight decay 0.1, grad-norm 0.1, warm-up ratio 0.1 with cosine decay, LoRA r32/a64). params.yaml holds
-the small CPU profile that overrides them.
+Defaults are DESIGN.md's normative values. Keys whose right value depends on the model or task default to
+null = "the recipe's value" (tarpo/recipes.py), filled before validation so every cross-field rule sees the
+resolved values. Loading (YAML, --set, recipe filling, sources) is tarpo/config_load.py, re-exported here.
 """
 
 from __future__ import annotations
 
-import copy
-import difflib
-import importlib
 import json
 import re
 import types
 import typing
 import warnings
-from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
 
 _STRICT = ConfigDict(extra="forbid", strict=True, validate_default=True)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 _ALIAS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_R = "; null = the recipe's value"  # suffix of every recipe key's description (tarpo/recipes.py)
+IGNORES_EVAL_PATH = ("synthetic", "reasoning-gym", "hub")  # sources that make or download their own eval split
 
 
 class ConfigError(ValueError):
@@ -49,14 +48,15 @@ def _fail(problems: list[tuple[str, str]]) -> None:
 # ----------------------------------------------------------------------------------------- data
 class SyntheticConfig(BaseModel):
     model_config = _STRICT
-    min_ops: int = Field(2, ge=1, description="Fewest arithmetic operations per generated problem.")
-    max_ops: int = Field(3, ge=1, description="Most arithmetic operations per generated problem.")
-    max_operand: int = Field(20, ge=1, description="Largest operand value in generated problems.")
-    level: int = Field(1, ge=1, description="Difficulty level L: adds L-1 operations and scales operands by L (1 = the knobs as given).")
+    min_ops: Optional[int] = Field(None, ge=1, description=f"Fewest arithmetic operations per generated problem{_R}.")
+    max_ops: Optional[int] = Field(None, ge=1, description=f"Most arithmetic operations per generated problem{_R}.")
+    max_operand: Optional[int] = Field(None, ge=1, description=f"Largest operand value in generated problems{_R}.")
+    level: Optional[int] = Field(None, ge=1, description="Difficulty level L: adds L-1 operations and scales operands by L "
+                                 f"(1 = the knobs as given){_R}.")
 
     @model_validator(mode="after")
     def _ops_order(self) -> "SyntheticConfig":
-        if self.min_ops > self.max_ops:
+        if None not in (self.min_ops, self.max_ops) and self.min_ops > self.max_ops:
             _fail([("min_ops", f"min_ops={self.min_ops} is above max_ops={self.max_ops}; "
                                "set min_ops <= max_ops")])
         return self
@@ -76,32 +76,40 @@ class ReasoningGymConfig(BaseModel):
 
 class DataConfig(BaseModel):
     model_config = _STRICT
-    source: Literal["synthetic", "gsm8k", "math", "jsonl", "parquet", "hub", "reasoning-gym"] = Field(
-        "synthetic", description="Where problems come from; synthetic and reasoning-gym need no network.")
+    task: Optional[Literal["gsm8k", "math", "gsm-symbolic"]] = Field(
+        None, description="Task whose recipe real models use (gsm-symbolic = offline reasoning-gym data); "
+        "null = gsm8k; tiny has its own synthetic task.")
+    source: Optional[Literal["synthetic", "gsm8k", "math", "jsonl", "parquet", "hub", "reasoning-gym"]] = Field(
+        None, description=f"Where problems come from; synthetic and reasoning-gym need no network{_R}.")
     train_path: Optional[str] = Field(None, description="Training file or directory (gsm8k/math/jsonl/parquet).")
     eval_path: Optional[str] = Field(None, description="Evaluation file; null = hold out eval_size records.")
-    hub_name: Optional[str] = Field(None, description="HF datasets hub name (source=hub), e.g. openai/gsm8k.")
-    hub_config: Optional[str] = Field(None, description="HF datasets config name (source=hub), e.g. main.")
+    hub_name: Optional[str] = Field(None, description=f"HF datasets hub name, e.g. openai/gsm8k{_R}.")
+    hub_config: Optional[str] = Field(None, description=f"HF datasets config name, e.g. main{_R}.")
     hub_train_split: str = Field("train", description="Hub split used for training.")
     hub_eval_split: str = Field("test", description="Hub split used for evaluation.")
     fields: FieldsConfig = Field(default_factory=FieldsConfig, description="Field mapping for generic records.")
-    train_size: Optional[int] = Field(None, ge=1, description="Training records to keep; null = all.")
-    eval_size: Optional[int] = Field(None, ge=1, description="Evaluation records to keep; null = all.")
+    train_size: Optional[int] = Field(None, ge=1, description=f"Training records to keep{_R} (which may be all).")
+    eval_size: Optional[int] = Field(None, ge=1, description=f"Evaluation records to keep{_R} (which may be all).")
     malformed: Literal["skip", "fail"] = Field(
         "fail", description="Records without prompt or parsable answer: fail, or skip and count them.")
     system_prompt: Optional[str] = Field(
-        None, description="System prompt; null = built-in instruction naming rollout.answer_marker.")
+        None, description=f"System prompt (\"\" = none); must name rollout.answer_marker for answer_rule=marker{_R}.")
     seed: int = Field(0, description="Seed for generation, shuffling and the train/eval split.")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="Synthetic generator.")
     reasoning_gym: ReasoningGymConfig = Field(default_factory=ReasoningGymConfig, description="reasoning-gym.")
 
     @model_validator(mode="after")
     def _source_inputs(self) -> "DataConfig":
-        if self.source in ("gsm8k", "math", "jsonl", "parquet") and not self.train_path:
-            _fail([("train_path", f"source={self.source} reads local files; set data.train_path "
-                                  "(or use source=hub with data.hub_name)")])
+        problems = []
+        if self.source in ("jsonl", "parquet") and not self.train_path:
+            problems.append(("train_path", f"source={self.source} reads local files; set data.train_path "
+                                           "(or use source=hub with data.hub_name)"))
         if self.source == "hub" and not self.hub_name:
-            _fail([("hub_name", "source=hub needs data.hub_name, e.g. openai/gsm8k")])
+            problems.append(("hub_name", "source=hub needs data.hub_name, e.g. openai/gsm8k"))
+        if self.eval_path and self.source in IGNORES_EVAL_PATH:
+            problems.append(("eval_path", f"{self.eval_path} would be ignored: source={self.source} makes its own "
+                                          "eval split; remove data.eval_path or use source jsonl/parquet/gsm8k/math"))
+        _fail(problems)
         return self
 
 
@@ -109,8 +117,8 @@ class DataConfig(BaseModel):
 class LoraConfig(BaseModel):
     model_config = _STRICT
     enabled: bool = Field(True, description="Train a LoRA adapter (false = train the router only).")
-    rank: int = Field(32, ge=1, description="LoRA rank r.")
-    alpha: float = Field(64.0, gt=0, description="LoRA alpha (scale = alpha / rank).")
+    rank: Optional[int] = Field(None, ge=1, description=f"LoRA rank r{_R}.")
+    alpha: Optional[float] = Field(None, gt=0, description=f"LoRA alpha (scale = alpha / rank){_R}.")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout probability (0 keeps the training forward equal to the rollout's).")
     targets: list[str] = Field(default_factory=lambda: list(LORA_TARGETS), min_length=1,
                                description="Module names to adapt; default all attention and MLP projections.")
@@ -118,12 +126,14 @@ class LoraConfig(BaseModel):
 
 class ModelConfig(BaseModel):
     model_config = _STRICT
-    preset: str = Field("tiny", description="Model preset (python cli.py models list).")
-    path: Optional[str] = Field(None, description="Local HF model directory; overrides the preset's source.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights dtype; auto = bfloat16 on CUDA, float32 on CPU.")
+    preset: Optional[str] = Field("tiny", description="Model preset (python cli.py models list); null with model.path "
+                                  "= a local model described by its own config (its size class picks the recipe).")
+    path: Optional[str] = Field(None, description="Local HF model directory or .gguf file; with a preset it must be a "
+                                "copy of that preset (same vocabulary).")
+    dtype: Optional[Literal["auto", "float32", "bfloat16", "float16"]] = Field(
+        None, description=f"Weights dtype; auto = bfloat16 on CUDA, float32 on CPU{_R}.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter settings.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    gradient_checkpointing: Optional[bool] = Field(None, description=f"Recompute activations to save memory{_R}.")
 
 
 # --------------------------------------------------------------------------------------- router
@@ -132,10 +142,10 @@ class RouterConfig(BaseModel):
     mode: Literal["tarpo", "hard", "soft-fixed"] = Field(
         "tarpo", description="tarpo = learned router; hard = plain GRPO; soft-fixed = soft with fixed probability.")
     init_bias: Optional[list[float]] = Field(
-        None, description="Router bias [b_hard, b_soft]; p_soft = 1/(1+e^(b_hard-b_soft)); null = preset value.")
+        None, description=f"Router bias [b_hard, b_soft]; p_soft = 1/(1+e^(b_hard-b_soft)){_R}.")
     temperature: float = Field(1.0, gt=0, description="Router softmax temperature.")
     loss_weight: float = Field(0.1, ge=0, description="Weight lambda of the router policy-gradient term.")
-    lr: float = Field(1e-4, gt=0, description="Router learning rate (its own parameter group).")
+    lr: Optional[float] = Field(None, gt=0, description=f"Router learning rate (its own parameter group){_R}.")
     soft_probability: float = Field(0.1, ge=0, le=1, description="Soft-step probability for mode=soft-fixed.")
 
     @field_validator("init_bias", mode="before")
@@ -149,10 +159,11 @@ class RouterConfig(BaseModel):
 # -------------------------------------------------------------------------------------- rollout
 class RolloutConfig(BaseModel):
     model_config = _STRICT
-    group_size: int = Field(8, description="Completions per prompt (G, >= 2) sharing one advantage baseline.")
-    prompts_per_step: int = Field(8, ge=1, description="Prompts per optimizer step.")
-    max_new_tokens: int = Field(1024, ge=1, description="Completion length limit (soft steps included).")
-    max_prompt_tokens: int = Field(1024, ge=1, description="Prompts longer than this are left-truncated.")
+    group_size: Optional[int] = Field(None, description=f"Completions per prompt (G, >= 2) sharing one advantage baseline{_R}.")
+    prompts_per_step: Optional[int] = Field(None, ge=1, description=f"Prompts per optimizer step{_R}.")
+    max_new_tokens: Optional[int] = Field(None, ge=1, description=f"Completion length limit (soft steps included){_R}.")
+    max_prompt_tokens: Optional[int] = Field(None, ge=1, description="Prompts longer than this are left-truncated "
+                                             f"(counted and warned about){_R}.")
     temperature: float = Field(0.5, description="Token sampling temperature (> 0); the loss uses the same distribution.")
     top_k: int = Field(0, ge=0, description="Token top-k filter; 0 = off.")
     top_p: float = Field(1.0, description="Token nucleus filter in (0, 1]; 1.0 = off.")
@@ -167,7 +178,7 @@ class RolloutConfig(BaseModel):
     @model_validator(mode="after")
     def _rules(self) -> "RolloutConfig":
         problems = []
-        if self.group_size < 2:
+        if self.group_size is not None and self.group_size < 2:
             problems.append(("group_size", f"group_size={self.group_size} must be >= 2: advantages compare "
                                            "completions of the same prompt; set 2 or more (4-8 typical)"))
         if self.temperature <= 0:
@@ -183,7 +194,7 @@ class RolloutConfig(BaseModel):
                                            "top_k tokens have probability; set soft_top_k <= top_k or top_k=0"))
         for name in ("max_latent_steps", "max_consecutive_latent_steps"):
             limit = getattr(self, name)
-            if limit is not None and limit > self.max_new_tokens:
+            if limit is not None and self.max_new_tokens is not None and limit > self.max_new_tokens:
                 problems.append((name, f"{name}={limit} exceeds max_new_tokens={self.max_new_tokens}; "
                                        f"set it <= {self.max_new_tokens} or null for no limit"))
         _fail(problems)
@@ -193,17 +204,19 @@ class RolloutConfig(BaseModel):
 # ------------------------------------------------------------------------------- warmup / train
 class WarmupConfig(BaseModel):
     model_config = _STRICT
-    enabled: Optional[bool] = Field(None, description="Supervised warm-up before TARPO; null = on for tiny only.")
-    steps: int = Field(200, ge=1, description="Warm-up optimizer steps.")
-    lr: float = Field(1e-3, gt=0, description="Warm-up learning rate.")
-    batch_size: int = Field(16, ge=1, description="Warm-up examples per step.")
-    train_fraction: float = Field(0.5, gt=0, le=1, description="Fraction of training records used for warm-up.")
+    enabled: Optional[bool] = Field(None, description=f"Supervised warm-up before TARPO (recipes: on for tiny only){_R}.")
+    allow_real_model: bool = Field(False, description="Confirm warmup.enabled=true on a model other than tiny "
+                                   "(a full fine-tune of its weights at warmup.lr).")
+    steps: Optional[int] = Field(None, ge=1, description=f"Warm-up optimizer steps{_R}.")
+    lr: Optional[float] = Field(None, gt=0, description=f"Warm-up learning rate{_R}.")
+    batch_size: Optional[int] = Field(None, ge=1, description=f"Warm-up examples per step{_R}.")
+    train_fraction: Optional[float] = Field(None, gt=0, le=1, description=f"Fraction of training records used for warm-up{_R}.")
 
 
 class TrainConfig(BaseModel):
     model_config = _STRICT
-    steps: int = Field(200, ge=1, description="Optimizer steps (one rollout batch each).")
-    lr: float = Field(5e-6, gt=0, description="Backbone (LoRA) learning rate.")
+    steps: Optional[int] = Field(None, ge=1, description=f"Optimizer steps (one rollout batch each){_R}.")
+    lr: Optional[float] = Field(None, gt=0, description=f"Backbone (LoRA) learning rate{_R}.")
     lr_schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warm-up.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps with linear lr warm-up.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
@@ -220,10 +233,11 @@ class TrainConfig(BaseModel):
     gradient_accumulation_steps: Optional[int] = Field(
         None, ge=1, description="Micro-batches per optimizer step; null = derived (rollout batch / micro_batch_size"
         " / num_processes); if set it must equal that.")
-    micro_batch_size: int = Field(16, ge=1, description="Completions per forward/backward pass per process; divides prompts_per_step x group_size / num_processes.")
+    micro_batch_size: Optional[int] = Field(None, ge=1, description="Completions per forward/backward pass per process; "
+                                            f"divides prompts_per_step x group_size / num_processes{_R}.")
     seed: int = Field(42, description="Seed for sampling, data order and initialisation.")
-    checkpoint_every: int = Field(250, ge=0, description="Steps between checkpoints; 0 = only at the end.")
-    keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept on disk (oldest deleted).")
+    checkpoint_every: Optional[int] = Field(None, ge=0, description=f"Steps between checkpoints; 0 = only at the end{_R}.")
+    keep_checkpoints: Optional[int] = Field(None, ge=1, description=f"Checkpoints kept on disk (oldest deleted){_R}.")
     max_nonfinite_steps: int = Field(3, ge=0, description="Consecutive non-finite losses tolerated (step skipped).")
     num_processes: int = Field(1, ge=1, description="Processes for accelerate launch; divides rollout.prompts_per_step.")
     accelerate_config: Optional[str] = Field(None, description="accelerate config file; null = defaults.")
@@ -233,14 +247,14 @@ class TrainConfig(BaseModel):
 # ------------------------------------------------------------------------- eval / tracking / registry
 class EvalConfig(BaseModel):
     model_config = _STRICT
-    num_samples: int = Field(8, ge=1, description="Samples per problem (k of avg@k).")
-    pass_k: list[int] = Field(default_factory=lambda: [1, 8], description="k values for pass@k and maj@k, each in [1, num_samples].")
+    num_samples: Optional[int] = Field(None, ge=1, description=f"Samples per problem (k of avg@k){_R}.")
+    pass_k: Optional[list[int]] = Field(None, description=f"k values for pass@k and maj@k, each in [1, num_samples]{_R}.")
     temperature: float = Field(0.5, description="Sampling temperature for evaluation (> 0).")
     greedy: bool = Field(True, description="Also compute greedy (temperature 0) accuracy.")
     router_greedy: bool = Field(False, description="Route by the router's argmax instead of sampling it.")
-    batch_size: int = Field(16, ge=1, description="Sequences decoded together.")
+    batch_size: Optional[int] = Field(None, ge=1, description=f"Sequences decoded together{_R}.")
     max_new_tokens: Optional[int] = Field(None, ge=1, description="null = rollout.max_new_tokens.")
-    max_problems: Optional[int] = Field(None, ge=1, description="Evaluate the first N problems; null = all.")
+    max_problems: Optional[int] = Field(None, ge=1, description=f"Evaluate the first N problems{_R} (which may be all).")
     seed: int = Field(1234, description="Seed for evaluation sampling.")
 
     @model_validator(mode="after")
@@ -249,14 +263,24 @@ class EvalConfig(BaseModel):
         if self.temperature <= 0:
             problems.append(("temperature", f"temperature={self.temperature:g} must be > 0; greedy decoding is "
                                             "eval.greedy=true"))
-        bad = [k for k in self.pass_k if not 1 <= k <= self.num_samples]
+        pass_k, num_samples = self.pass_k or [], self.num_samples or max(self.pass_k or [1])
+        bad = [k for k in pass_k if not 1 <= k <= num_samples]
         if bad:
             problems.append(("pass_k", f"values {bad} not in [1, num_samples={self.num_samples}]; "
                                        "lower them or raise eval.num_samples"))
-        if len(set(self.pass_k)) != len(self.pass_k):
+        if len(set(pass_k)) != len(pass_k):
             problems.append(("pass_k", f"duplicate values in {self.pass_k}; list each k once"))
         _fail(problems)
         return self
+
+
+class RewardConfig(BaseModel):
+    model_config = _STRICT
+    kind: Literal["auto", "numeric", "math"] = Field(
+        "auto", description="Answer comparison: numeric (GSM8K), math (math-verify) or auto by gold answer.")
+    answer_rule: Literal["marker", "boxed", "marker-or-boxed"] = Field(
+        "marker", description="Where the answer is read: after the last answer marker, the last \\boxed{}, or either.")
+    require_single_marker: bool = Field(False, description="Reward 0 unless the marker appears exactly once.")
 
 
 class TrackingConfig(BaseModel):
@@ -270,7 +294,7 @@ class TrackingConfig(BaseModel):
 class RegisterConfig(BaseModel):
     model_config = _STRICT
     enabled: bool = Field(True, description="Register the trained model in the MLflow registry.")
-    name: str = Field("tarpo", min_length=1, description="Registered model name.")
+    name: Optional[str] = Field(None, min_length=1, description=f"Registered model name{_R}.")
     aliases: list[str] = Field(default_factory=lambda: ["candidate"], description="Aliases set on each new version.")
     champion_alias: str = Field("champion", description="Alias moved to a version that beats the champion.")
     champion_metric: str = Field("avg_at_k", description="Eval metric (higher is better) that picks the champion.")
@@ -303,13 +327,29 @@ with warnings.catch_warnings():
         warmup: WarmupConfig = Field(default_factory=WarmupConfig, description="Supervised warm-up stage.")
         train: TrainConfig = Field(default_factory=TrainConfig, description="TARPO optimisation.")
         eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation stage.")
+        reward: RewardConfig = Field(default_factory=RewardConfig, description="Answer extraction and comparison.")
         tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking.")
         register: RegisterConfig = Field(default_factory=RegisterConfig, description="MLflow model registry.")
+
+        @model_validator(mode="before")
+        @classmethod
+        def _apply_recipe(cls, data: Any) -> Any:
+            """Fill every null recipe key with the value of the recipe this model and task select."""
+            return apply_recipe(data)
 
         @model_validator(mode="after")
         def _cross_section(self) -> "TarpoConfig":
             problems = []
             ro, tr = self.rollout, self.train
+            if self.warmup.enabled and not self.is_tiny() and not self.warmup.allow_real_model:
+                problems.append(("warmup.enabled", f"true on {self.model.preset or self.model.path} fully fine-tunes its "
+                                 f"weights at warmup.lr={self.warmup.lr:g}; set warmup.allow_real_model=true to "
+                                 "confirm, or warmup.enabled=false"))
+            prompt = self.data.system_prompt
+            if self.reward.answer_rule == "marker" and prompt and ro.answer_marker not in prompt:
+                problems.append(("data.system_prompt", f"does not mention rollout.answer_marker {ro.answer_marker!r}, "
+                                 "which reward.answer_rule=marker needs; name it in the prompt or set "
+                                 "reward.answer_rule=marker-or-boxed"))
             if ro.prompts_per_step % tr.num_processes:
                 problems.append(("rollout.prompts_per_step", f"{ro.prompts_per_step} prompts cannot be split over "
                                  f"train.num_processes={tr.num_processes}; use a multiple of {tr.num_processes}"))
@@ -329,226 +369,17 @@ with warnings.catch_warnings():
             _fail(problems)
             return self
 
+        def is_tiny(self) -> bool:
+            """The embedded tiny model (its own rules: warm-up, bundled base); a local dir never is."""
+            return self.model.preset == "tiny" and self.model.path is None
+
         def accumulation_steps(self) -> int:
             """Micro-batches per optimizer step on each process (the derived default of the setting)."""
             per_process = self.rollout.prompts_per_step // self.train.num_processes * self.rollout.group_size
             return per_process // self.train.micro_batch_size
 
-
-# -------------------------------------------------------------------------------- YAML + errors
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-4` as a float (YAML 1.2), not the string PyYAML 1.1 would give."""
-
-
-# PyYAML's own float rule needs a dot and a signed exponent; this one adds `1e-4`, `1.0e3`, `-2E5`.
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
-                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
-
-
-def _model_at(path: Sequence[str | int]) -> type[BaseModel] | None:
-    """The config model class found by walking field names from the root, or None."""
-    model: type[BaseModel] = TarpoConfig
-    for part in path:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        sub = _submodel(field.annotation) if field else None
-        if sub is None:
-            return None
-        model = sub
-    return model
-
-
 def _submodel(annotation: Any) -> type[BaseModel] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-
-
-def _did_you_mean(name: str, choices: Sequence[str]) -> str:
-    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f"did you mean {match[0]!r}?" if match else f"allowed: {', '.join(choices)}"
-
-
-_TYPE_NAMES = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
-               "string_type": "a string", "list_type": "a list", "model_type": "a mapping of keys",
-               "dict_type": "a mapping of keys", "float_parsing": "a number", "int_from_float": "an integer"}
-_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
-
-
-def _message(error: dict) -> str:
-    """One short sentence for one pydantic error: what was given and what is allowed."""
-    kind, ctx, given = error["type"], error.get("ctx", {}), error.get("input")
-    if kind == "extra_forbidden":
-        model = _model_at(error["loc"][:-1])
-        return "unknown key; " + _did_you_mean(str(error["loc"][-1]), list(model.model_fields) if model else [])
-    if kind in _TYPE_NAMES:
-        return f"expected {_TYPE_NAMES[kind]}, got {given!r}"
-    if kind in _BOUNDS:
-        bound = next(iter(ctx.values()))
-        return f"must be {_BOUNDS[kind]} {bound:g}, got {given!r}"
-    if kind == "literal_error":
-        return f"expected one of {ctx['expected']}, got {given!r}"
-    if kind == "too_short":
-        return f"needs at least {ctx['min_length']} item(s)/character(s), got {given!r}"
-    return error["msg"].removeprefix("Value error, ")
-
-
-def _format_errors(exc: ValidationError) -> list[str]:
-    problems = []
-    for error in exc.errors():
-        loc = [str(p) for p in error["loc"]]
-        if error["type"] == "cross_field":
-            problems += [".".join([*loc, field]) + f": {msg}" for field, msg in error["ctx"]["problems"]]
-        else:
-            problems.append(f"{'.'.join(loc) or '<root>'}: {_message(error)}")
-    return problems
-
-
-# ------------------------------------------------------------------------------ loading + overrides
-def parse_override(text: str) -> tuple[str, Any]:
-    """`"router.loss_weight=0.2"` -> ("router.loss_weight", 0.2); the value is typed as a YAML scalar/list."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError([f"--set {text}: expected KEY=VALUE, e.g. router.loss_weight=0.2"])
-    parts = key.split(".")
-    model: type[BaseModel] | None = TarpoConfig
-    for depth, part in enumerate(parts):
-        if model is None:
-            raise ConfigError([f"{key}: {'.'.join(parts[:depth])} is not a section, it has no keys"])
-        if part not in model.model_fields:
-            raise ConfigError([f"{key}: unknown key; {_did_you_mean(part, list(model.model_fields))}"])
-        model = _submodel(model.model_fields[part].annotation)
-    try:
-        value = yaml.load(raw, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{key}: value {raw!r} is not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
-    return key, value
-
-
-def _set_dotted(data: dict, key: str, value: Any) -> None:
-    """Set data[a][b][c] for "a.b.c", merging mappings so `--set model.lora={rank: 4}` keeps other keys."""
-    *parents, leaf = key.split(".")
-    node = data
-    for part in parents:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    if isinstance(value, dict) and isinstance(node.get(leaf), dict):
-        node[leaf] = _merge(node[leaf], value)
-    else:
-        node[leaf] = value
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    merged = dict(base)
-    for key, value in extra.items():
-        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = _merge(merged[key], value) if both else value
-    return merged
-
-
-def _read_yaml(path: Path) -> dict:
-    """Read the params file as a mapping, turning every file/YAML problem into a ConfigError line."""
-    if not path.is_file():
-        raise ConfigError([f"{path}: file not found (pass the params file, e.g. params.yaml)"])
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError([f"{where}: YAML syntax error: {getattr(exc, 'problem', None) or exc}"]) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError([f"{path}: top level must be a mapping of sections (data:, model:, ...), "
-                           f"got {type(data).__name__}"])
-    return data
-
-
-def validate_data(data: dict) -> TarpoConfig:
-    """Validate an already-parsed mapping; all problems (schema, cross-field, preset) in one ConfigError."""
-    try:
-        cfg = TarpoConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
-    problems = _preset_problems(cfg)
-    if problems:
-        raise ConfigError(problems)
-    return cfg
-
-
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TarpoConfig:
-    """Load params.yaml, apply dotted overrides, validate. Raises ConfigError listing every problem."""
-    data = copy.deepcopy(_read_yaml(Path(path)))
-    problems = []
-    for text in overrides:
-        try:
-            _set_dotted(data, *parse_override(text))
-        except ConfigError as exc:
-            problems += exc.problems
-    try:
-        cfg = validate_data(data)
-    except ConfigError as exc:
-        problems += [p for p in exc.problems if p not in problems]
-    if problems:
-        raise ConfigError(problems)
-    return cfg
-
-
-# ------------------------------------------------------------------------------------- presets
-def _load_presets() -> dict | None:
-    """tarpo.models.PRESETS, imported lazily (it pulls in torch/transformers); None if unavailable."""
-    try:
-        return importlib.import_module("tarpo.models").PRESETS
-    except (ImportError, AttributeError):
-        return None
-
-
-def _preset_problems(cfg: TarpoConfig) -> list[str]:
-    presets = _load_presets()
-    if presets is None:
-        return []
-    preset = presets.get(cfg.model.preset)
-    if preset is None:
-        return [f"model.preset: unknown preset {cfg.model.preset!r}; {_did_you_mean(cfg.model.preset, list(presets))}"]
-    vocab = getattr(preset, "vocab_size", None)
-    if vocab and cfg.rollout.soft_top_k > vocab:
-        return [f"rollout.soft_top_k: {cfg.rollout.soft_top_k} exceeds the vocabulary of {preset.name} "
-                f"({vocab} tokens); set soft_top_k <= {vocab}"]
-    return []
-
-
-def shorthand_overrides(model: str | None = None, steps: int | None = None,
-                        seed: int | None = None) -> list[str]:
-    """CLI shorthands (`--model`, `--steps`, `--seed`) as dotted overrides, applied after `--set`."""
-    overrides = []
-    if model is not None:
-        presets = _load_presets()
-        is_dir = Path(model).is_dir()
-        if (presets is not None and model in presets) or (presets is None and not is_dir):
-            overrides += [f"model.preset={json.dumps(model)}", "model.path=null"]
-        elif is_dir:
-            overrides.append(f"model.path={json.dumps(str(model))}")
-        else:
-            raise ConfigError([f"--model: {model!r} is neither a preset nor an existing directory; "
-                               f"{_did_you_mean(model, list(presets))}"])
-    if steps is not None:
-        overrides.append(f"train.steps={steps}")
-    if seed is not None:
-        overrides.append(f"train.seed={seed}")
-    return overrides
-
-
-def resolve_config(cfg: TarpoConfig) -> TarpoConfig:
-    """A copy with every "null = default" filled: preset init bias, warm-up auto, eval length."""
-    presets = _load_presets() or {}
-    preset = presets.get(cfg.model.preset)
-    router, warmup, evaluation = cfg.router, cfg.warmup, cfg.eval
-    if router.init_bias is None and preset is not None:
-        router = router.model_copy(update={"init_bias": [float(b) for b in preset.init_bias]})
-    if warmup.enabled is None:
-        warmup = warmup.model_copy(update={"enabled": cfg.model.preset == "tiny"})
-    if evaluation.max_new_tokens is None:
-        evaluation = evaluation.model_copy(update={"max_new_tokens": cfg.rollout.max_new_tokens})
-    return cfg.model_copy(update={"router": router, "warmup": warmup, "eval": evaluation}, deep=True)
 
 
 def resolve_dtype(cfg_or_dtype: TarpoConfig | str, device: Any) -> "torch.dtype":  # noqa: F821
@@ -611,6 +442,26 @@ def params_table_markdown() -> str:
     return "\n".join(rows) + "\n"
 
 
-def dump_yaml(cfg: TarpoConfig) -> str:
-    """The config as YAML in schema order (what `config show` prints)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+def dump_yaml(cfg: TarpoConfig, sources: dict[str, str] | None = None) -> str:
+    """The config as YAML in schema order (what `config show` prints); with `sources`, each value is followed by
+    a comment naming where it came from (`# recipe qwen2.5-7b-gsm8k`). The output is itself valid params."""
+    if sources is None:
+        return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+    lines: list[str] = []
+
+    def walk(node: dict, prefix: str, indent: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                lines.append(f"{indent}{key}:")
+                walk(value, f"{prefix}{key}.", indent + "  ")
+                continue
+            text = yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=True, width=1 << 20)
+            lines.append(f"{indent}{text.strip()[1:-1]}   # {sources.get(prefix + key, 'default')}")
+    walk(cfg.model_dump(mode="json"), "", "")
+    return "\n".join(lines) + "\n"
+
+
+# The loading API lives in tarpo/config_load.py (it needs the classes above); re-exported for callers.
+from tarpo.config_load import (_did_you_mean, _load_presets, apply_recipe, config_sources,  # noqa: E402,F401
+                               load_config, load_config_with_sources, model_facts, parse_override, recipe_for,
+                               resolve_config, shorthand_overrides, validate_data)

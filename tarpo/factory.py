@@ -24,7 +24,11 @@ def default_device() -> str:
 
 def load_policy(model_cfg, router_cfg, *, device: str | None = None, seed: int = 0, trained_dir: str | Path | None = None,
                 base_path: str | Path | None = None, models_dir: str | Path = "models"):
-    """(policy, tokenizer, resolved model). `base_path` replaces the preset's weights (e.g. the warm-up model)."""
+    """(policy, tokenizer, resolved model).
+
+    `base_path` replaces the configured model's weights. Callers pass only start weights MADE FROM the configured
+    model (pipeline.common.choose_base checks the warm-up output's fingerprint): never another model's.
+    """
     device = device or default_device()
     resolved = resolve_model(model_cfg.preset, str(base_path) if base_path else model_cfg.path, models_dir)
     dtype = resolve_dtype(model_cfg.dtype, device)

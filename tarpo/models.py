@@ -64,6 +64,8 @@ class ModelPreset:
     architecture: Literal["qwen2", "llama"]
     init_bias: tuple[float, float] = (4.6, 0.0)  # paper: 4.6 for 1.5B/7B (p_soft ~1%), 2.2 for 3B (~10%)
     vocab_size: int = 151936
+    context_length: int = 32768  # max_position_embeddings: prompt + completion must fit
+    parameters: float | None = None  # parameter count (picks the generic recipe's size class)
     pad_token: str | None = "<|endoftext|>"  # None: the tokenizer has none, use eos (as the reference does)
     chat_template: str = "qwen (ChatML: <|im_start|>role ... <|im_end|>)"
     lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
@@ -90,11 +92,12 @@ class PresetStatus:
     source: str  # where it would load from, or what is missing
 
 
-def _qwen(size: str, init_bias: float = 4.6, coder: bool = False, **kw) -> ModelPreset:
+def _qwen(size: str, parameters: float, init_bias: float = 4.6, coder: bool = False, **kw) -> ModelPreset:
     kind = "Coder-" if coder else ""
     name = f"qwen2.5-{'coder-' if coder else ''}{size.lower()}"
     return ModelPreset(name=name, hub_id=f"Qwen/Qwen2.5-{kind}{size}-Instruct", architecture="qwen2",
-                       init_bias=(init_bias, 0.0), description=f"Qwen2.5-{kind}{size}-Instruct", **kw)
+                       init_bias=(init_bias, 0.0), parameters=parameters, description=f"Qwen2.5-{kind}{size}-Instruct",
+                       **kw)
 
 
 _QWEN_CODER_PARTS = OfflineSource(
@@ -113,18 +116,20 @@ _SMOLLM2 = OfflineSource(
 )
 
 PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
-    _qwen("0.5B"),
-    _qwen("1.5B"),
-    _qwen("3B", init_bias=2.2),
-    _qwen("7B", vocab_size=152064),
+    _qwen("0.5B", 0.49e9),
+    _qwen("1.5B", 1.54e9),
+    _qwen("3B", 3.09e9, init_bias=2.2),
+    _qwen("7B", 7.62e9, vocab_size=152064),
     ModelPreset(name="llama-3.1-8b", hub_id="meta-llama/Llama-3.1-8B-Instruct", architecture="llama",
-                vocab_size=128256, pad_token=None, chat_template="llama-3 (<|start_header_id|>role<|end_header_id|>)",
+                vocab_size=128256, context_length=131072, parameters=8.03e9, pad_token=None,
+                chat_template="llama-3 (<|start_header_id|>role<|end_header_id|>)",
                 description="Llama-3.1-8B-Instruct (gated on the hub)"),
-    _qwen("0.5B", coder=True, offline_sources=(_QWEN_CODER_PARTS,)),
+    _qwen("0.5B", 0.49e9, coder=True, offline_sources=(_QWEN_CODER_PARTS,)),
     ModelPreset(name="smollm2-135m", hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", architecture="llama",
-                vocab_size=49152, pad_token="<|im_end|>", offline_sources=(_SMOLLM2,),
-                description="SmolLM2-135M-Instruct (offline copy is Q4_1, dequantised on load)"),
-    ModelPreset(name="tiny", hub_id=None, architecture="qwen2", vocab_size=512,
+                vocab_size=49152, context_length=8192, parameters=0.135e9, pad_token="<|im_end|>",
+                offline_sources=(_SMOLLM2,), description="SmolLM2-135M-Instruct (offline copy is Q4_1, dequantised on load)"),
+    ModelPreset(name="tiny", hub_id=None, architecture="qwen2", vocab_size=512, context_length=1024,
+                parameters=3.3e6,
                 description="small Qwen2 model built from a config + the project tokenizer (tests, CPU default)"),
 ]}
 
@@ -314,15 +319,17 @@ def _resolve_path(name: str, path: Path) -> ResolvedModel:
 
 # ----------------------------------------------------------------------------------------- resolving
 
-def resolve_model(preset: str, path: str | Path | None = None, models_dir: str | Path = "models", *,
+def resolve_model(preset: str | None, path: str | Path | None = None, models_dir: str | Path = "models", *,
                   hf_cache_dir: str | Path | None = None, site_dirs: Sequence[str] | None = None) -> ResolvedModel:
     """Find a preset's weights without the network (order in the module docstring).
 
     Joins split offline GGUFs into `models_dir/.gguf/` and builds `tiny` on first use; everything else is a look.
     `hf_cache_dir` / `site_dirs` override the HF cache and the package search path (tests).
     """
-    if path is not None:
-        return _resolve_path(preset, Path(path))
+    if path is not None:  # a local model is named by its preset (a copy of one) or by its own directory name
+        return _resolve_path(preset or Path(path).name, Path(path))
+    if preset is None:
+        raise ModelNotAvailable("model.preset is null and model.path is not set; name a preset or a local directory")
     spec = _get_preset(preset)
     models_dir = Path(models_dir)
     search = _search(spec, models_dir, hf_cache_dir, site_dirs)

@@ -43,12 +43,12 @@ BAD_CASES = {
     "clip_eps_0": ("train: {clip_epsilon_low: 0, clip_epsilon_high: -0.1}\n", [], [
         "train.clip_epsilon_low: must be > 0, got 0", "train.clip_epsilon_high: must be > 0, got -0.1"]),
     "micro_batch": ("train: {micro_batch_size: 5}\n", [], [
-        "train.micro_batch_size: 5 does not divide the 64 completions per process (prompts_per_step x group_size"
-        " / num_processes); pick a divisor of 64"]),
+        "train.micro_batch_size: 5 does not divide the 32 completions per process (prompts_per_step x group_size"
+        " / num_processes); pick a divisor of 32"]),
     "processes": ("rollout: {prompts_per_step: 6}\ntrain: {num_processes: 4}\n", [], [
         "rollout.prompts_per_step: 6 prompts cannot be split over train.num_processes=4; use a multiple of 4"]),
     "accumulation": ("train: {gradient_accumulation_steps: 3}\n", [], [
-        "train.gradient_accumulation_steps: 3 != 4 micro-batches per rollout batch; set 4 or null"]),
+        "train.gradient_accumulation_steps: 3 != 2 micro-batches per rollout batch; set 2 or null"]),
     "pass_k": ("eval: {num_samples: 4, pass_k: [1, 8]}\n", [], [
         "eval.pass_k: values [8] not in [1, num_samples=4]; lower them or raise eval.num_samples"]),
     "temperatures": ("rollout: {temperature: 0}\neval: {temperature: -1.0}\n", [], [
@@ -70,14 +70,30 @@ BAD_CASES = {
         "register.champion_alias: 'champion' is also in aliases; the champion alias is moved by comparison, "
         "remove it from aliases"]),
     "missing_equals": ("", ["router.lr"], ["--set router.lr: expected KEY=VALUE, e.g. router.loss_weight=0.2"]),
+    # issue 10: checks on the resolved (recipe-filled) values
+    "context": ("rollout: {max_prompt_tokens: 1000, max_new_tokens: 100}\n", [], [
+        "rollout.max_new_tokens: rollout.max_prompt_tokens 1000 + 100 new tokens = 1100 exceeds the context length "
+        "of tiny (1024 tokens); lower them to a sum <= 1024"]),
+    "eval_context": ("eval: {max_new_tokens: 990}\n", [], [
+        "eval.max_new_tokens: rollout.max_prompt_tokens 64 + 990 new tokens = 1054 exceeds the context length "
+        "of tiny (1024 tokens); lower them to a sum <= 1024"]),
+    "marker_not_in_prompt": ("data: {system_prompt: Answer briefly.}\n", [], [
+        "data.system_prompt: does not mention rollout.answer_marker '####', which reward.answer_rule=marker needs; "
+        "name it in the prompt or set reward.answer_rule=marker-or-boxed"]),
+    "eval_path_ignored": ("data: {eval_path: mine.jsonl}\n", [], [
+        "data.eval_path: mine.jsonl would be ignored: source=synthetic makes its own eval split; remove "
+        "data.eval_path or use source jsonl/parquet/gsm8k/math"]),
+    "tiny_with_path": ("model: {path: /somewhere}\n", [], [
+        "model.path: /somewhere is set together with model.preset=tiny; a local model is described by its own "
+        "config: set model.preset=null (or use --model DIR)"]),
 }
 
 
 @pytest.fixture
 def tiny_presets(monkeypatch):
     """Preset metadata for the vocabulary/preset rules, so these tests do not depend on tarpo/models.py."""
-    monkeypatch.setattr(C, "_load_presets", lambda: {
-        "tiny": SimpleNamespace(name="tiny", hub_id=None, init_bias=(4.6, 0.0), vocab_size=512)})
+    monkeypatch.setattr("tarpo.config_load._load_presets", lambda: {
+        "tiny": SimpleNamespace(name="tiny", hub_id=None, init_bias=(4.6, 0.0), vocab_size=512, context_length=1024)})
 
 
 def invoke(*args: str):
@@ -140,8 +156,12 @@ def test_show_model_shorthand(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     shown = yaml.safe_load(invoke("config", "show", "--model", "qwen2.5-3b").stdout)
     assert shown["model"]["preset"] == "qwen2.5-3b" and shown["router"]["init_bias"] == [2.2, 0.0]
-    shown = yaml.safe_load(invoke("config", "show", "--model", str(tmp_path)).stdout)
-    assert shown["model"]["path"] == str(tmp_path) and shown["model"]["preset"] == "tiny"
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "vocab_size": 100, "max_position_embeddings": 256}')
+    result = invoke("config", "show", "--model", str(tmp_path))
+    shown = yaml.safe_load(result.stdout)
+    assert shown["model"]["path"] == str(tmp_path) and shown["model"]["preset"] is None
+    assert shown["warmup"]["enabled"] is False and shown["rollout"]["max_new_tokens"] == 128  # half its context
+    assert f'path: {tmp_path}   # --set' in result.stdout
 
 
 def test_show_collects_shorthand_and_set_errors(monkeypatch):

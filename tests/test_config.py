@@ -36,7 +36,7 @@ def fake_presets(monkeypatch):
     """Two presets with known vocabularies/biases, independent of tarpo/models.py."""
     presets = {"tiny": SimpleNamespace(name="tiny", hub_id=None, init_bias=(4.6, 0.0), vocab_size=512),
                "big-3b": SimpleNamespace(name="big-3b", hub_id="x/y", init_bias=(2.2, 0.0), vocab_size=None)}
-    monkeypatch.setattr(C, "_load_presets", lambda: presets)
+    monkeypatch.setattr("tarpo.config_load._load_presets", lambda: presets)
     return presets
 
 
@@ -45,10 +45,10 @@ def test_committed_params_validate_and_resolve():
     cfg = load_config(PARAMS)
     assert cfg.model.preset == "tiny" and cfg.data.source == "synthetic"
     resolved = resolve_config(cfg)
-    assert resolved.router.init_bias == [4.6, 0.0]  # tiny preset default (p_soft ~ 1 %)
-    assert resolved.warmup.enabled is True  # auto: on for tiny
+    assert resolved.router.init_bias == [4.6, 0.0]  # tiny recipe (p_soft ~ 1 %)
+    assert resolved.warmup.enabled is True  # tiny recipe: warm-up on
     assert resolved.eval.max_new_tokens == cfg.rollout.max_new_tokens
-    assert cfg.router.init_bias is None, "resolve_config must return a copy"
+    assert cfg.eval.max_new_tokens is None, "resolve_config must return a copy"
 
 
 def test_committed_params_set_every_key():
@@ -75,7 +75,8 @@ def test_schema_defaults_are_valid_and_documented():
 
 
 def test_reference_training_defaults():
-    train, router, rollout = C.TrainConfig(), C.RouterConfig(), C.RolloutConfig()
+    cfg = TarpoConfig(model={"preset": "qwen2.5-1.5b"})  # the paper's model: its recipe
+    train, router, rollout = cfg.train, cfg.router, cfg.rollout
     assert (train.lr, train.beta, train.weight_decay, train.max_grad_norm, train.warmup_ratio) == \
         (5e-6, 0.005, 0.1, 0.1, 0.1)
     assert (router.lr, router.loss_weight, rollout.temperature, rollout.soft_top_k, rollout.top_k) == \
@@ -128,7 +129,7 @@ def test_all_problems_are_collected(tmp_path):
         "router.init_bias: expected 2 numbers, got 3",
         "rollout.group_size: group_size=1 must be >= 2: advantages compare completions of the same prompt; "
         "set 2 or more (4-8 typical)",
-        "eval.pass_k: values [0] not in [1, num_samples=8]; lower them or raise eval.num_samples",
+        "eval.pass_k: values [0] not in [1, num_samples=4]; lower them or raise eval.num_samples",  # tiny recipe: 4
     ]
 
 
@@ -168,9 +169,10 @@ def test_explicit_init_bias_wins_over_preset(tmp_path, fake_presets):
 
 
 def test_tolerant_without_models_module(tmp_path, monkeypatch):
-    monkeypatch.setattr(C, "_load_presets", lambda: None)
+    monkeypatch.setattr("tarpo.config_load._load_presets", lambda: None)
     cfg = load_config(write(tmp_path, "model: {preset: some-future-model}\n"))
-    assert resolve_config(cfg).router.init_bias is None
+    assert cfg.register.name == "tarpo-some-future-model-gsm8k"  # generic recipe, size unknown -> large
+    assert cfg.model.gradient_checkpointing is True and cfg.router.init_bias == [4.6, 0.0]
     assert shorthand_overrides(model="whatever") == ['model.preset="whatever"', "model.path=null"]
 
 
@@ -184,14 +186,15 @@ def test_real_presets_paper_biases():
 
 def test_shorthand_model(tmp_path, fake_presets):
     assert shorthand_overrides(model="big-3b") == ['model.preset="big-3b"', "model.path=null"]
-    assert shorthand_overrides(model=str(tmp_path)) == [f'model.path="{tmp_path}"']
+    assert shorthand_overrides(model=str(tmp_path)) == [f'model.path="{tmp_path}"', "model.preset=null"]
     assert shorthand_overrides(steps=3, seed=1) == ["train.steps=3", "train.seed=1"]
     with pytest.raises(ConfigError) as info:
         shorthand_overrides(model="tinny")
     assert info.value.problems == ["--model: 'tinny' is neither a preset nor an existing directory; "
                                    "did you mean 'tiny'?"]
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "vocab_size": 100, "max_position_embeddings": 256}')
     cfg = load_config(PARAMS, shorthand_overrides(model=str(tmp_path)))
-    assert cfg.model.path == str(tmp_path) and cfg.model.preset == "tiny"
+    assert cfg.model.path == str(tmp_path) and cfg.model.preset is None
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -210,7 +213,7 @@ def test_resolve_dtype_reads_config():
 
 def test_flatten_config():
     flat = flatten_config(load_config(PARAMS))
-    assert flat["router.init_bias"] == "null" and flat["rollout.answer_marker"] == "####"
+    assert flat["router.init_bias"] == "[4.6, 0.0]" and flat["rollout.answer_marker"] == "####"
     assert flat["model.lora.rank"] == "8" and flat["eval.pass_k"] == "[1, 4]"
     assert flat["tracking.enabled"] == "true" and all(isinstance(v, str) for v in flat.values())
 
@@ -219,8 +222,8 @@ def test_params_table_lists_every_key():
     table = params_table_markdown()
     rows = [line for line in table.splitlines() if line.startswith("| `")]
     assert [row.split("`")[1] for row in rows] == list(flatten_config(TarpoConfig()))
-    assert "| `rollout.group_size` | int | `8` | Completions per prompt (G, >= 2)" in table
-    assert "| `train.lr` | float (> 0) | `5e-06` |" in table
+    assert "| `rollout.group_size` | int \\| null | `null` | Completions per prompt (G, >= 2)" in table
+    assert "| `train.lr` | float \\| null (> 0) | `null` |" in table
 
 
 def test_readme_params_table_is_current():

@@ -65,7 +65,7 @@ def test_metrics_are_not_cached_and_params_are_scoped():
         for entry in s.get("metrics", []):
             assert next(iter(entry.values()))["cache"] is False
         assert s["params"], stage
-    assert STAGES["prepare"]["params"] == ["data"]
+    assert STAGES["prepare"]["params"] == ["data", "model.preset", "model.path"]  # the data recipe follows the model
     assert "router" not in STAGES["warmup"]["params"]
 
 

@@ -75,6 +75,6 @@ def test_champion_loads_and_generates(tmp_path, tmp_path_factory, monkeypatch):
     again = model.predict(questions, params=params)  # a plain list works too; same seed, same text
     assert again["completion"].tolist() == out["completion"].tolist()
     spec = {"rollout": cfg.rollout.model_dump(mode="json"), "router": cfg.router.model_dump(mode="json"),
-            "system_prompt": None}
+            "system_prompt": cfg.data.system_prompt}  # the recipe's prompt, logged with the model
     direct = generate(policy, tokenizer, spec, questions, params)  # the policy before logging
     assert direct["completion"].tolist() == out["completion"].tolist()

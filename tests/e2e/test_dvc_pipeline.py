@@ -49,7 +49,7 @@ def test_dvc_repro_end_to_end_then_nothing_to_do(repo_copy: Path):
     assert "eval/tarpo_avg_at_k" in recorded.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert "samples" in artifacts and "params.yaml" in artifacts, artifacts
-    name = __import__("yaml").safe_load((repo_copy / "params.yaml").read_text())["register"]["name"]
+    name = __import__("tarpo.config").config.load_config(repo_copy / "params.yaml").register.name  # the recipe's
     assert client.get_model_version_by_alias(name, "candidate").run_id == run_id
 
     second = run([*DVC, "repro"], repo_copy)
