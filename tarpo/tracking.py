@@ -189,8 +189,12 @@ class MlflowTracker:
     def __init__(self, uri: str, experiment: str, *, run_name: str | None = None, run_id: str | None = None,
                  tags: Mapping[str, Any] | None = None, stage: str | None = None,
                  artifact_location: str | None = None):
+        import logging
+
         from mlflow.tracking import MlflowClient
 
+        # MLflow logs "Creating initial MLflow database tables..." at INFO for every new sqlite store.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         if run_id is not None:
