@@ -10,7 +10,10 @@ import re
 from datetime import datetime
 
 PARAM_KEYS = ("model.preset", "router.mode", "router.loss_weight", "train.steps", "rollout.group_size")
-TRAIN_METRICS = ("reward_mean", "soft_ratio")
+# (row label, metric key): the smoothed reward (mean of the last 5 steps, from metrics/train.json) says more
+# than the last step's, which is one batch of prompts_per_step x group_size samples.
+TRAIN_METRICS = (("reward (last 5 mean)", "train/reward_mean_last5"), ("reward (last step)", "reward_mean"),
+                 ("soft_ratio (last 5)", "train/soft_ratio_last5"))
 EVAL_PATTERN = re.compile(r"^(eval/tarpo_)?(avg_at_k|pass_at_\d+)$")  # evaluate logs eval/<model>_<metric>
 
 
@@ -30,6 +33,10 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def _int(value):
+    return None if value is None else int(value)
 
 
 def table(rows: list[tuple[str, list[str]]]) -> str:
@@ -64,6 +71,7 @@ def compare_runs(tracking_cfg, last: int = 5) -> str:
         ("status", [r.info.status for r in runs]),
     ]
     rows += [(key, [_fmt(r.data.params.get(key)) for r in runs]) for key in PARAM_KEYS]
-    rows += [(key, [_fmt(r.data.metrics.get(key)) for r in runs]) for key in TRAIN_METRICS]
+    rows += [(label, [_fmt(r.data.metrics.get(key)) for r in runs]) for label, key in TRAIN_METRICS]
+    rows.append(("eval problems", [_fmt(_int(r.data.metrics.get("eval/tarpo_num_problems"))) for r in runs]))
     rows += [(f"eval {key}", [_fmt(e.get(key)) for e in evals]) for key in eval_keys]
     return table(rows)

@@ -105,6 +105,9 @@ def run_register(*, cfg, trained_dir: str | Path = paths.TRAINED_DIR, base_model
         result = {"registered": False, "reason": "register.enabled=false"}
         write_json_atomic(metrics_path, result)
         return result
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per artifact file otherwise
     from mlflow import MlflowClient, register_model
 
     from tarpo.serving import log_tarpo_model

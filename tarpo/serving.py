@@ -128,26 +128,28 @@ def load_served_policy(model_json: str | Path, weights_dir: str | Path, base_dir
 
 
 def _make_pyfunc_class():
-    import warnings
-
     import mlflow.pyfunc
+    import pandas as pd
 
-    with warnings.catch_warnings():  # MLflow advises type hints; the explicit signature() does that job
-        warnings.filterwarnings("ignore", message=".*type hints.*")
+    def _predict(self, context, model_input, params=None):
+        return generate(self.policy, self.tokenizer, self.spec, _questions(model_input), params)
 
-        class TarpoPyfuncModel(mlflow.pyfunc.PythonModel):
-            """Rebuilds the hybrid policy from the logged artifacts and generates with it."""
+    # A DataFrame hint is one MLflow accepts without inferring a schema from it (the explicit signature()
+    # does that job); without any hint MLflow warns on every class creation, past any warnings filter.
+    _predict.__annotations__ = {"model_input": pd.DataFrame}
 
-            def load_context(self, context):
-                import os
+    class TarpoPyfuncModel(mlflow.pyfunc.PythonModel):
+        """Rebuilds the hybrid policy from the logged artifacts and generates with it."""
 
-                artifacts = context.artifacts
-                self.policy, self.tokenizer, self.spec = load_served_policy(
-                    artifacts["tarpo_model"], artifacts["weights"], artifacts.get("base"),
-                    device=os.environ.get("TARPO_SERVING_DEVICE") or None)
+        def load_context(self, context):
+            import os
 
-            def predict(self, context, model_input, params=None):
-                return generate(self.policy, self.tokenizer, self.spec, _questions(model_input), params)
+            artifacts = context.artifacts
+            self.policy, self.tokenizer, self.spec = load_served_policy(
+                artifacts["tarpo_model"], artifacts["weights"], artifacts.get("base"),
+                device=os.environ.get("TARPO_SERVING_DEVICE") or None)
+
+        predict = _predict
 
     TarpoPyfuncModel.__module__ = __name__
     TarpoPyfuncModel.__qualname__ = "TarpoPyfuncModel"
@@ -240,7 +242,8 @@ def _log(name: str, artifacts: dict, package) -> str:
         # advice that does not apply: the signature is explicit, and an input example would make MLflow
         # load the whole model once more just to validate it
         warnings.filterwarnings("ignore", message=".*(type hints|input example was not provided).*")
-        info = mlflow.pyfunc.log_model(name=name, python_model=__getattr__("TarpoPyfuncModel")(), artifacts=artifacts,
+        entry = Path(package.__file__).parent / "pyfunc_model.py"   # models from code: no pickled object
+        info = mlflow.pyfunc.log_model(name=name, python_model=str(entry), artifacts=artifacts,
                                        code_paths=[str(Path(package.__file__).parent)], signature=signature(),
                                        pip_requirements=requirements())
     return info.model_uri

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import subprocess
 import time
 import urllib.error
@@ -34,6 +35,7 @@ MAX_KEY = 250               # MAX_ENTITY_KEY_LENGTH
 PARAMS_PER_BATCH = 100      # MAX_PARAMS_TAGS_PER_BATCH
 METRICS_PER_BATCH = 1000    # MAX_METRICS_PER_BATCH
 CONNECT_TIMEOUT_S = 3.0
+STAGES_TAG = "tarpo.stages"   # every stage that logged to the run, in order (dvc.stage = the one that made it)
 
 
 class TrackingUnavailable(RuntimeError):
@@ -187,8 +189,12 @@ class MlflowTracker:
     def __init__(self, uri: str, experiment: str, *, run_name: str | None = None, run_id: str | None = None,
                  tags: Mapping[str, Any] | None = None, stage: str | None = None,
                  artifact_location: str | None = None):
+        import logging
+
         from mlflow.tracking import MlflowClient
 
+        # MLflow logs "Creating initial MLflow database tables..." at INFO for every new sqlite store.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         if run_id is not None:
@@ -202,7 +208,17 @@ class MlflowTracker:
             run = self.client.create_run(self.experiment_id, run_name=run_name)
             self._run_id = run.info.run_id
             self._logged_params = {}
-        self.set_tags({**git_tags(), **dvc_tags(stage), **(tags or {})})
+        stage_tags = dvc_tags(stage)
+        stage_name = stage_tags.get("dvc.stage")
+        if run_id is not None:
+            # A continued run keeps the stage that created it; later stages are appended, never overwrite it.
+            stage_tags.pop("dvc.stage", None)
+            if stage_name:
+                stages = [s for s in run.data.tags.get(STAGES_TAG, "").split(",") if s]
+                stage_tags[STAGES_TAG] = ",".join(stages + [stage_name] * (stage_name not in stages))
+        elif stage_name:
+            stage_tags[STAGES_TAG] = stage_name
+        self.set_tags({**git_tags(), **stage_tags, **(tags or {})})
 
     def _existing_run(self, run_id: str):
         from mlflow.exceptions import MlflowException
@@ -285,6 +301,23 @@ class MlflowTracker:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close("FINISHED" if exc_type is None else "KILLED" if exc_type is KeyboardInterrupt else "FAILED")
+
+
+def default_run_name(model: str, mode: str, seed: int, experiment: str | None = None) -> str:
+    """A readable run name: the DVC experiment's name when DVC runs one, else `<model>-<mode>-s<seed>`.
+
+    >>> default_run_name("qwen2.5-7b", "tarpo", 3)
+    'qwen2.5-7b-tarpo-s3'
+    >>> default_run_name("/data/My Model/", "hard", 1)
+    'My-Model-hard-s1'
+    >>> default_run_name("tiny", "tarpo", 42, experiment="bushy-lamb")
+    'bushy-lamb'
+    """
+    if experiment:
+        return experiment
+    label = Path(model.rstrip("/\\")).name if ("/" in model or "\\" in model) else model
+    label = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-") or "model"
+    return f"{label}-{mode}-s{seed}"
 
 
 def open_tracker(tracking_cfg, *, run_id: str | None = None, run_name: str | None = None,

@@ -146,6 +146,8 @@ class StepOutcome:
     rollout: Rollout
     texts: list[str]
     rewards: list[float]
+    prompts: list[str]   # per row (each prompt repeated group_size times)
+    answers: list[str]   # gold answer per row
 
 
 class TarpoTrainer:
@@ -353,7 +355,7 @@ class TarpoTrainer:
         self._count_nonfinite(skipped)
         self.state.step += 1
         self.state.data_position += self.settings.prompts_per_step
-        return StepOutcome(metrics, batch, texts, rewards)
+        return StepOutcome(metrics, batch, texts, rewards, prompts, answers)
 
     def _rollout_metrics(self, batch: Rollout) -> dict[str, float]:
         mask = batch.completion_mask
@@ -395,8 +397,10 @@ class TarpoTrainer:
             if on_step is not None and self.accelerator.is_main_process:
                 on_step(step, outcome.metrics)
             if s.log_samples_every and (step % s.log_samples_every == 0 or step == 1):
-                self.tracker.log_text(render_html(self.tokenizer, outcome.rollout, range(min(8, outcome.rollout.num_rows)),
-                                                  rewards=outcome.rewards, title=f"Rollout samples, step {step}"),
+                g = s.group_size
+                self.tracker.log_text(render_html(self.tokenizer, outcome.rollout, prompts=outcome.prompts[::g],
+                                                  golds=outcome.answers[::g], rewards=outcome.rewards, group_size=g,
+                                                  title=f"Rollout samples, step {step}"),
                                       f"samples/step-{step:06d}.html")
             bar.set_postfix(reward=f"{outcome.metrics['reward_mean']:.3f}", soft=f"{outcome.metrics['soft_ratio']:.3f}")
             bar.update(1)

@@ -141,3 +141,14 @@ def test_open_tracker_enabled(store):
     tracker.close()
     run = tracker.client.get_run(tracker.run_id)
     assert run.info.run_name == "named" and run.data.tags["k"] == "v"
+
+
+def test_later_stages_are_appended_not_overwriting_the_creating_stage(store, tmp_path):
+    train = _tracker(store, tmp_path, stage="train", run_name="tiny-tarpo-s42")
+    train.close()
+    for stage in ("evaluate", "register", "evaluate"):
+        _tracker(store, tmp_path, run_id=train.run_id, stage=stage).close()
+    run = train.client.get_run(train.run_id)
+    assert run.info.run_name == "tiny-tarpo-s42"
+    assert run.data.tags["dvc.stage"] == "train"
+    assert run.data.tags["tarpo.stages"] == "train,evaluate,register"
