@@ -132,8 +132,15 @@ def check_tracking(tracking_cfg) -> None:
         check_tracking_uri(tracking_cfg.uri)
 
 
-def open_run(tracking_cfg, *, run_id: str | None, tags: dict, stage: str):
-    """An MLflow run (new, or continued when run_id is given), or a NullTracker when tracking is off."""
+def open_run(tracking_cfg, *, run_id: str | None, tags: dict, stage: str, run_name: str | None = None):
+    """An MLflow run (new, or continued when run_id is given), or a NullTracker when tracking is off.
+    A new run is named `tracking.run_name`, else `run_name` (the caller's readable default)."""
     from tarpo.tracking import open_tracker
 
-    return open_tracker(tracking_cfg, run_id=run_id, run_name=tracking_cfg.run_name, tags=tags, stage=stage)
+    return open_tracker(tracking_cfg, run_id=run_id, run_name=tracking_cfg.run_name or run_name, tags=tags,
+                        stage=stage)
+
+
+def model_label(model_cfg) -> str:
+    """The preset name, else the local directory's name (for run names and tags)."""
+    return model_cfg.preset or Path(str(model_cfg.path).rstrip("/")).name

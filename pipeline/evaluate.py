@@ -20,6 +20,7 @@ from pipeline.common import (chat_prompts, check_tracking, check_trained_base, c
 from tarpo.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 MODELS = ("warmup", "tarpo")
+EVAL_SET_TAG = "eval.set_hash"   # the run tag the registry compares (pipeline/register.py)
 PLOT_KEYS = ("avg_at_k", "pass_at_1", "greedy_accuracy", "soft_ratio", "mean_length")
 
 
@@ -87,12 +88,35 @@ def compare(before: list, after: list) -> dict[str, float]:
     return {"improvement": stats["mean"], "improvement_stderr": stats["stderr"]}
 
 
+def eval_set_record(records, cfg) -> dict:
+    """Which problems, in which order, under which sampling settings: two evaluations are comparable (the
+    registry's champion rule) only when this record's hash is equal.
+
+    >>> from tarpo.config import TarpoConfig
+    >>> from tarpo.data import Record
+    >>> cfg = TarpoConfig()
+    >>> a = eval_set_record([Record("1", "2+2?", "4", "s")], cfg)
+    >>> a["hash"] == eval_set_record([Record("9", "2+2?", "4", "s")], cfg)["hash"], a["num_problems"]
+    (True, 1)
+    """
+    import hashlib
+    import json
+
+    ev = cfg.eval
+    settings = {"num_samples": ev.num_samples, "temperature": ev.temperature, "greedy": ev.greedy,
+                "router_greedy": ev.router_greedy, "max_new_tokens": ev.max_new_tokens or cfg.rollout.max_new_tokens,
+                "seed": ev.seed}
+    problems = [[r.prompt, r.answer] for r in records]   # ids are labels; the text is what is evaluated
+    digest = hashlib.sha256(json.dumps([problems, settings], sort_keys=True).encode()).hexdigest()
+    return {"hash": digest[:16], "num_problems": len(records), "settings": settings}
+
+
 def run_evaluate(*, cfg, eval_path: str | Path = paths.EVAL_DATA, warmup_dir: str | Path = paths.WARMUP_DIR,
                  trained_dir: str | Path = paths.TRAINED_DIR, run_info_path: str | Path = paths.RUN_INFO,
                  metrics_path: str | Path = paths.EVAL_METRICS, out_dir: str | Path = paths.EVAL_DIR,
-                 plot_path: str | Path = paths.EVAL_PLOT, models_dir: str | Path = paths.MODELS_DIR,
-                 log=print) -> dict[str, float]:
-    """Evaluate both models, write metrics/jsonl/plot, log to the training run; returns the flat metrics."""
+                 plot_path: str | Path = paths.EVAL_PLOT, figure_path: str | Path = paths.EVAL_FIGURE,
+                 models_dir: str | Path = paths.MODELS_DIR, log=print) -> dict[str, float]:
+    """Evaluate both models, write metrics/jsonl/html/plots, log to the training run; returns the flat metrics."""
     import json
 
     from tarpo.data import read_prepared
@@ -114,19 +138,30 @@ def run_evaluate(*, cfg, eval_path: str | Path = paths.EVAL_DATA, warmup_dir: st
         metrics.update({f"{name}/{k}": v for k, v in summary.items()})
         del policy
     metrics.update(compare(results["warmup"], results["tarpo"]))
+    from tarpo.plots import eval_figure, save_png
+    from tarpo.render import eval_html
+
+    eval_set = eval_set_record(records, cfg)
     for name in MODELS:
         write_jsonl_atomic(Path(out_dir) / f"{name}.jsonl", (r.to_row() for r in results[name]))
+        write_text_atomic(Path(out_dir) / f"{name}.html", eval_html(results[name], f"Evaluation samples: {name} model"))
+    write_json_atomic(Path(out_dir) / paths.EVAL_SET, eval_set)
     lines = ["model," + ",".join(PLOT_KEYS)]
     lines += [name + "," + ",".join(f"{metrics.get(f'{name}/{k}', 0.0):.6g}" for k in PLOT_KEYS) for name in MODELS]
     write_text_atomic(plot_path, "\n".join(lines) + "\n")
+    save_png(eval_figure(metrics, MODELS, PLOT_KEYS, f"Held-out: {eval_set['num_problems']} problems x "
+                                                     f"{cfg.eval.num_samples} samples"), figure_path)
     write_json_atomic(metrics_path, metrics)
     run_id = json.loads(Path(run_info_path).read_text()).get("run_id") if Path(run_info_path).is_file() else None
     if run_id and cfg.tracking.enabled:
-        tracker = open_run(cfg.tracking, run_id=run_id, tags={}, stage="evaluate")
+        tracker = open_run(cfg.tracking, run_id=run_id, tags={EVAL_SET_TAG: eval_set["hash"]}, stage="evaluate")
         tracker.log_metrics({"eval/" + k.replace("/", "_", 1): float(v) for k, v in metrics.items()})
         for name in MODELS:
             tracker.log_artifact(str(Path(out_dir) / f"{name}.jsonl"), "eval")
+            tracker.log_artifact(str(Path(out_dir) / f"{name}.html"), "eval")
+        tracker.log_artifact(str(Path(out_dir) / paths.EVAL_SET), "eval")
         tracker.log_artifact(str(metrics_path), "eval")
+        tracker.log_artifact(str(figure_path), "plots")
         tracker.close()
     return metrics
 

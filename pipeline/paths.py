@@ -22,12 +22,15 @@ TRAINED_DIR = "models/tarpo"                 # adapter + routers (+ base referen
 TRAINED_BASE = "base.json"                   # inside TRAINED_DIR: the start weights really loaded
 TRAIN_METRICS = "metrics/train.json"
 TRAIN_PLOT = "plots/train.csv"
+TRAIN_FIGURE = "plots/train.png"             # the same curves as a PNG (offline; also logged to MLflow)
 RUN_INFO = "outputs/run_info.json"           # tracking run id + params hash for evaluate / register
 
 # evaluate
 EVAL_METRICS = "metrics/eval.json"
 EVAL_DIR = "eval"                            # per-problem jsonl files
 EVAL_PLOT = "plots/eval.csv"
+EVAL_FIGURE = "plots/eval.png"
+EVAL_SET = "eval_set.json"                   # inside EVAL_DIR: which problems and settings (hash) were evaluated
 SINGLE_EVAL_DIR = "outputs/eval"             # `evaluate --model NAME`: <dir>/<name>/{metrics.json,completions.jsonl}
 
 # register

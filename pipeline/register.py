@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 
 from pipeline import paths
+from pipeline.evaluate import EVAL_SET_TAG  # run tag written by evaluate; copied onto each version
 from tarpo.io import write_json_atomic
 
 TRAINED_SECTION = "tarpo"  # eval.json keys are "<model>/<metric>"; the registered model is the TARPO one
@@ -62,14 +63,22 @@ def _current_champion(client, name: str, alias: str):
         return None
 
 
-def champion_decision(client, name: str, alias: str, metric: str, value: float, version: str) -> dict:
-    """Whether `version` takes `alias`, with both numbers and the reason."""
+def champion_decision(client, name: str, alias: str, metric: str, value: float, version: str,
+                      eval_set: str | None = None) -> dict:
+    """Whether `version` takes `alias`, with both numbers and the reason. Scores are compared only when both
+    versions were evaluated on the same eval set (tag `eval.set_hash`: same problems, samples and settings);
+    a champion without the tag (registered before it existed) is compared as before."""
     current = _current_champion(client, name, alias)
     decision = {"alias": alias, "metric": metric, "value": value, "previous_version": None,
-                "previous_value": None}
+                "previous_value": None, "eval_set": eval_set}
     if current is None:
         return {**decision, "promoted": True, "reason": "no champion yet"}
     decision["previous_version"] = int(current.version)
+    theirs = current.tags.get(EVAL_SET_TAG)
+    if eval_set and theirs and theirs != eval_set:
+        return {**decision, "promoted": False,
+                "reason": f"champion v{current.version} was evaluated on another eval set ({theirs} vs {eval_set}): "
+                          f"{metric} values are not comparable; evaluate both on the same problems and settings"}
     try:
         previous = float(current.tags[f"eval.{metric}"])
     except (KeyError, ValueError):
@@ -125,11 +134,14 @@ def run_register(*, cfg, trained_dir: str | Path = paths.TRAINED_DIR, base_model
                                 model_cfg=cfg.model,
                                 router_cfg=cfg.router, rollout_cfg=cfg.rollout, tracking_uri=cfg.tracking.uri,
                                 system_prompt=cfg.data.system_prompt)
-    version = register_model(model_uri, reg.name, tags={f"eval.{reg.champion_metric}": repr(value), "run_id": run_id})
     client = MlflowClient(tracking_uri=cfg.tracking.uri, registry_uri=cfg.tracking.uri)
+    eval_set = client.get_run(run_id).data.tags.get(EVAL_SET_TAG)   # set by the evaluate stage
+    tags = {f"eval.{reg.champion_metric}": repr(value), "run_id": run_id, **({EVAL_SET_TAG: eval_set} if eval_set else {})}
+    version = register_model(model_uri, reg.name, tags=tags)
     for alias in reg.aliases:
         client.set_registered_model_alias(reg.name, alias, version.version)
-    decision = champion_decision(client, reg.name, reg.champion_alias, reg.champion_metric, value, version.version)
+    decision = champion_decision(client, reg.name, reg.champion_alias, reg.champion_metric, value, version.version,
+                                 eval_set)
     aliases = list(reg.aliases)
     if decision["promoted"]:
         client.set_registered_model_alias(reg.name, reg.champion_alias, version.version)

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.common import (check_tracking, chat_prompts, choose_base, count_long_prompts, file_sha256, open_run,
-                             require_file, write_dir_atomic)
+from pipeline.common import (check_tracking, chat_prompts, choose_base, count_long_prompts, file_sha256, model_label,
+                             open_run, require_file, write_dir_atomic)
 from tarpo.io import write_json_atomic, write_text_atomic
 
 LAUNCHED_ENV = "TARPO_ACCELERATE_CHILD"   # set on processes started by launch_command
@@ -127,17 +127,17 @@ def summary_metrics(rows: list[dict], last: int = 5) -> dict[str, float]:
     return out
 
 
-def _open_train_run(tracking_cfg, run_id: str | None, tags: dict, log):
+def _open_train_run(tracking_cfg, run_id: str | None, tags: dict, log, run_name: str):
     """Continue the checkpoint's run; a run the store does not know (e.g. tracking was off) starts a new one."""
     from tarpo.tracking import TrackingUnavailable
 
     try:
-        return open_run(tracking_cfg, run_id=run_id, tags=tags, stage="train")
+        return open_run(tracking_cfg, run_id=run_id, tags=tags, stage="train", run_name=run_name)
     except TrackingUnavailable as exc:
         if run_id is None or "cannot resume" not in str(exc):
             raise
         log(f"{exc}; logging the resumed training to a new run")
-        return open_run(tracking_cfg, run_id=None, tags=tags, stage="train")
+        return open_run(tracking_cfg, run_id=None, tags=tags, stage="train", run_name=run_name)
 
 
 # ------------------------------------------------------------------------------------ the stage
@@ -172,6 +172,7 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
               train_path: str | Path = paths.TRAIN_DATA, warmup_dir: str | Path = paths.WARMUP_DIR,
               checkpoint_dir: str | Path = paths.CHECKPOINT_DIR, trained_dir: str | Path = paths.TRAINED_DIR,
               metrics_path: str | Path = paths.TRAIN_METRICS, plot_path: str | Path = paths.TRAIN_PLOT,
+              plot_figure_path: str | Path = paths.TRAIN_FIGURE,
               run_info_path: str | Path = paths.RUN_INFO, models_dir: str | Path = paths.MODELS_DIR,
               log=print, progress: bool = True) -> dict:
     """Train (resuming when possible), export the weights and write metrics; returns metrics/train.json."""
@@ -196,8 +197,13 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
     main = trainer.accelerator.is_main_process
     tracker = None
     if main:
-        tags = {"stage": "train", "preset": cfg.model.preset or f"local:{cfg.model.path}", "params_hash": digest[:12]}
-        tracker = _open_train_run(cfg.tracking, trainer.state.run_id if resumed else None, tags, log)
+        from tarpo.tracking import default_run_name
+
+        label = model_label(cfg.model)
+        tags = {"stage": "train", "preset": cfg.model.preset or f"local:{cfg.model.path}", "params_hash": digest[:12],
+                "model": label, "mode": cfg.router.mode, "seed": cfg.train.seed}
+        run_name = default_run_name(label, cfg.router.mode, cfg.train.seed, os.environ.get("DVC_EXP_NAME"))
+        tracker = _open_train_run(cfg.tracking, trainer.state.run_id if resumed else None, tags, log, run_name)
         run_id = getattr(tracker, "run_id", None)
         if run_id:
             trainer.state.run_id = run_id
@@ -241,9 +247,14 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
     write_dir_atomic(trained_dir, write)
     metrics = {**summary_metrics(rows), "resumed": int(resumed), "train_seconds": time.perf_counter() - started}
     write_text_atomic(plot_path, _plot_csv(rows))
+    from tarpo.plots import save_png, train_figure
+
+    figure_path = save_png(train_figure(rows, f"TARPO training: {model_label(cfg.model)}, {cfg.router.mode}, "
+                                              f"seed {cfg.train.seed}"), plot_figure_path)
     write_json_atomic(metrics_path, metrics)
     write_json_atomic(run_info_path, info)
     tracker.log_artifact(str(plot_path))
+    tracker.log_artifact(str(figure_path), "plots")
     tracker.log_metrics({f"train/{k}": float(v) for k, v in metrics.items()})
     tracker.close("FINISHED")
     return metrics

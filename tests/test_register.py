@@ -36,8 +36,9 @@ def registered(tmp_path, tmp_path_factory, monkeypatch, tiny_model, name="tarpo-
     cfg = base_cfg.model_copy(update={"tracking": base_cfg.tracking.model_copy(update={"uri": uri}),
                                       "register": base_cfg.register.model_copy(update={"name": name})})
 
-    def register(score: float, run: int) -> dict:
-        tracker = MlflowTracker(uri, "exp", artifact_location=str(tmp_path / "artifacts"), run_name=f"r{run}")
+    def register(score: float, run: int, eval_set: str = "set-a") -> dict:
+        tracker = MlflowTracker(uri, "exp", artifact_location=str(tmp_path / "artifacts"), run_name=f"r{run}",
+                                tags={"eval.set_hash": eval_set})
         tracker.close()
         (tmp_path / "run_info.json").write_text(json.dumps({"run_id": tracker.run_id}))
         (tmp_path / "eval.json").write_text(json.dumps({"warmup/avg_at_k": 0.0, "tarpo/avg_at_k": score}))
@@ -68,13 +69,18 @@ def test_champion_moves_only_to_better_versions(tmp_path, tmp_path_factory, monk
     assert worse["version"] == 2 and worse["aliases"] == ["candidate"]
     assert worse["champion"] | {"reason": None} == {"alias": "champion", "metric": "avg_at_k", "value": 0.2,
                                                    "previous_version": 1, "previous_value": 0.3, "promoted": False,
-                                                   "reason": None}
+                                                   "reason": None, "eval_set": "set-a"}
     assert (holder("candidate"), holder("champion")) == (2, 1)
 
     better = register(0.45, 3)
     assert better["aliases"] == ["candidate", "champion"] and better["champion"]["previous_value"] == 0.3
     assert (holder("candidate"), holder("champion")) == (3, 3)
     assert client.get_model_version("tarpo-test", "3").tags["eval.avg_at_k"] == "0.45"
+    assert client.get_model_version("tarpo-test", "3").tags["eval.set_hash"] == "set-a"
+
+    elsewhere = register(0.90, 4, eval_set="set-b")   # higher, but on other problems: not comparable
+    assert not elsewhere["champion"]["promoted"] and "another eval set" in elsewhere["champion"]["reason"]
+    assert (holder("candidate"), holder("champion")) == (4, 3)
 
 
 def test_register_disabled_writes_a_note(tmp_path):
