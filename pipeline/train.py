@@ -141,7 +141,7 @@ def build_trainer(cfg, records, base: Path | None, checkpoint_dir: Path, models_
 
     policy, tokenizer, resolved = load_policy(cfg.model, cfg.router, seed=cfg.train.seed, base_path=base,
                                               models_dir=models_dir)
-    reward = make_reward_fn(marker=cfg.rollout.answer_marker)
+    reward = make_reward_fn(marker=cfg.rollout.answer_marker, **cfg.reward.model_dump())
     trainer = TarpoTrainer(
         policy, tokenizer, chat_prompts(tokenizer, [r.prompt for r in records], cfg.data, cfg.rollout),
         [r.answer for r in records], lambda texts, golds, ro: [float(x) for x in reward(texts, golds, ro)],

@@ -230,6 +230,26 @@ class TrainConfig(BaseModel):
     log_samples_every: int = Field(10, ge=0, description="Steps between logged rollout samples; 0 = never.")
 
 
+# --------------------------------------------------------------------------------------- reward
+class RewardConfig(BaseModel):
+    model_config = _STRICT
+    kind: Literal["auto", "numeric", "math"] = Field(
+        "auto", description="Answer equivalence: numeric (first number, exact), math (math-verify), auto (a stated "
+        "number is compared exactly with a number gold, anything else through math-verify).")
+    answer_rule: Literal["marker", "boxed", "marker-or-boxed"] = Field(
+        "marker", description="Where the answer is: after the last rollout.answer_marker (to the end of its line), "
+        "the last \\boxed{}, or the marker when the completion has one and else the last \\boxed{}.")
+    require_single_marker: bool = Field(
+        False, description="Reward 0 unless the marker appears exactly once (needs answer_rule marker).")
+
+    @model_validator(mode="after")
+    def _single_marker_needs_marker(self) -> "RewardConfig":
+        if self.require_single_marker and self.answer_rule != "marker":
+            _fail([("require_single_marker", f"require_single_marker=true needs answer_rule=marker, got "
+                                             f"{self.answer_rule}; set one or the other")])
+        return self
+
+
 # ------------------------------------------------------------------------- eval / tracking / registry
 class EvalConfig(BaseModel):
     model_config = _STRICT
@@ -302,6 +322,7 @@ with warnings.catch_warnings():
         rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Hybrid decoding.")
         warmup: WarmupConfig = Field(default_factory=WarmupConfig, description="Supervised warm-up stage.")
         train: TrainConfig = Field(default_factory=TrainConfig, description="TARPO optimisation.")
+        reward: RewardConfig = Field(default_factory=RewardConfig, description="Answer rule and equivalence.")
         eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation stage.")
         tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking.")
         register: RegisterConfig = Field(default_factory=RegisterConfig, description="MLflow model registry.")
