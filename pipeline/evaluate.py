@@ -54,13 +54,13 @@ def evaluate_policy(policy, tokenizer, records, cfg, *, progress_label: str = ""
     sampled = RolloutSettings.from_config(ro, cfg.router, tokenizer, policy.vocab_size, temperature=ev.temperature,
                                           **common)
     greedy = RolloutSettings.from_config(ro, cfg.router, tokenizer, policy.vocab_size, greedy_tokens=True, **common)
-    prompts = dict(zip((r.id for r in records), chat_prompts(tokenizer, [r.prompt for r in records], cfg.data, ro)))
+    prompts = chat_prompts(tokenizer, [r.prompt for r in records], cfg.data, ro)  # by position: ids may repeat
     policy.eval()
     with torch.no_grad():
         return run_evaluation(
             records, make_generate_fn(policy, tokenizer, sampled, ro.max_prompt_tokens),
             num_samples=ev.num_samples, seed=ev.seed, batch_size=ev.batch_size, pass_k=ev.pass_k,
-            reward_fn=make_reward_fn(marker=ro.answer_marker, **cfg.reward.model_dump()), render_prompt=lambda r: prompts[r.id],
+            reward_fn=make_reward_fn(marker=ro.answer_marker, **cfg.reward.model_dump()), prompts=prompts,
             greedy_fn=make_generate_fn(policy, tokenizer, greedy, ro.max_prompt_tokens) if ev.greedy else None)
 
 

@@ -394,7 +394,7 @@ def _is_equal(answer: str, gold: str, kind: str) -> bool:
     if kind == "math":
         return math_equal(answer, gold)
     # auto: against a plain-number gold, a span that states a number is judged by that number alone
-    # (math-verify would read "19 or 18" as 18); LaTeX expressions and non-number golds go to math-verify.
+    # ("19 or 18" is 19); LaTeX expressions and non-number golds go to math-verify.
     expected = _plain_number(gold)
     stated = numeric_reading(answer) if expected is not None else None
     if stated is not None:

@@ -77,7 +77,7 @@ CASES = [
     ("#### 18 (since 9 * 2)", "18", "numeric", False, 1.0),
     ("#### 18 (since 9 * 2)", "18", "auto", False, 1.0),
     ("#### 19 or 18", "18", "numeric", False, 0.0),
-    ("#### 19 or 18", "18", "auto", False, 0.0),  # math-verify alone would read 18
+    ("#### 19 or 18", "18", "auto", False, 0.0),
     ("#### 19 or 18", "19", "auto", False, 1.0),
     ("#### 1\nStep 1: 9 * 2 = 18. So 18.", "18", "auto", False, 0.0),  # "#### 1" written as a header
     ("####\n\n42\nbecause 6 * 7", "42", "auto", False, 1.0),  # marker ends its line: next non-blank line
