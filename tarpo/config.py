@@ -78,9 +78,9 @@ class DataConfig(BaseModel):
     model_config = _STRICT
     source: Literal["synthetic", "gsm8k", "math", "jsonl", "parquet", "hub", "reasoning-gym"] = Field(
         "synthetic", description="Where problems come from; synthetic and reasoning-gym need no network.")
-    train_path: Optional[str] = Field(None, description="Training file or directory (gsm8k/math/jsonl/parquet).")
+    train_path: Optional[str] = Field(None, description="Training file or directory (gsm8k/math/jsonl/parquet); null for gsm8k/math = the hub dataset.")
     eval_path: Optional[str] = Field(None, description="Evaluation file; null = hold out eval_size records.")
-    hub_name: Optional[str] = Field(None, description="HF datasets hub name (source=hub), e.g. openai/gsm8k.")
+    hub_name: Optional[str] = Field(None, description="HF datasets hub name (source=hub, or source=math without train_path: null = DigitalLearningGmbH/MATH-lighteval).")
     hub_config: Optional[str] = Field(None, description="HF datasets config name (source=hub), e.g. main.")
     hub_train_split: str = Field("train", description="Hub split used for training.")
     hub_eval_split: str = Field("test", description="Hub split used for evaluation.")
@@ -97,11 +97,16 @@ class DataConfig(BaseModel):
 
     @model_validator(mode="after")
     def _source_inputs(self) -> "DataConfig":
-        if self.source in ("gsm8k", "math", "jsonl", "parquet") and not self.train_path:
-            _fail([("train_path", f"source={self.source} reads local files; set data.train_path "
-                                  "(or use source=hub with data.hub_name)")])
+        problems = []  # gsm8k/math without train_path read the hub (prepare says what to do if it is unreachable)
+        if self.source in ("jsonl", "parquet") and not self.train_path:
+            problems.append(("train_path", f"source={self.source} reads local files; set data.train_path "
+                                           "(or use source=hub with data.hub_name)"))
         if self.source == "hub" and not self.hub_name:
-            _fail([("hub_name", "source=hub needs data.hub_name, e.g. openai/gsm8k")])
+            problems.append(("hub_name", "source=hub needs data.hub_name, e.g. openai/gsm8k"))
+        if self.eval_path and (self.source in ("synthetic", "reasoning-gym", "hub") or not self.train_path):
+            problems.append(("eval_path", f"ignored by source={self.source}" + ("" if self.train_path else
+                             " without data.train_path") + "; remove it, or set data.train_path for local files"))
+        _fail(problems)
         return self
 
 
