@@ -30,7 +30,7 @@ STEP_LOG = "steps.jsonl"                   # inside the checkpoint dir: per-step
 PLOT_COLUMNS = ("step", "reward_mean", "reward_std", "accuracy", "soft_ratio", "completion_length",
                 "explicit_length", "kl_token", "kl_router", "token_entropy", "router_entropy", "lr",
                 "grad_norm", "step_seconds")
-HASHED_SECTIONS = ("data", "model", "router", "rollout", "warmup", "train")
+HASHED_SECTIONS = ("data", "model", "router", "rollout", "warmup", "train", "reward")
 UNHASHED_TRAIN_KEYS = ("checkpoint_every", "keep_checkpoints", "log_samples_every", "num_processes",
                        "accelerate_config")
 
