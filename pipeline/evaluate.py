@@ -64,8 +64,8 @@ def evaluate_policy(policy, tokenizer, records, cfg, *, progress_label: str = ""
     sampled = RolloutSettings.from_config(ro, cfg.router, tokenizer, policy.vocab_size, temperature=ev.temperature,
                                           **common)
     greedy = RolloutSettings.from_config(ro, cfg.router, tokenizer, policy.vocab_size, greedy_tokens=True, **common)
-    prompts = dict(zip((r.id for r in records), chat_prompts(tokenizer, [r.prompt for r in records], cfg.data, ro)))
-    long_prompts = count_long_prompts(tokenizer, list(prompts.values()), ro.max_prompt_tokens)
+    prompts = chat_prompts(tokenizer, [r.prompt for r in records], cfg.data, ro)  # by position: ids may repeat
+    long_prompts = count_long_prompts(tokenizer, prompts, ro.max_prompt_tokens)
     if long_prompts and log is not None:
         log(f"warning: {long_prompts} of {len(prompts)} eval prompts are longer than rollout.max_prompt_tokens="
             f"{ro.max_prompt_tokens} and lose their beginning (the system prompt first); raise it")
@@ -74,7 +74,7 @@ def evaluate_policy(policy, tokenizer, records, cfg, *, progress_label: str = ""
         results, summary = run_evaluation(
             records, make_generate_fn(policy, tokenizer, sampled, ro.max_prompt_tokens),
             num_samples=ev.num_samples, seed=ev.seed, batch_size=ev.batch_size, pass_k=ev.pass_k,
-            reward_fn=make_reward_fn(marker=ro.answer_marker), render_prompt=lambda r: prompts[r.id],
+            reward_fn=make_reward_fn(marker=ro.answer_marker, **cfg.reward.model_dump()), prompts=prompts,
             greedy_fn=make_generate_fn(policy, tokenizer, greedy, ro.max_prompt_tokens) if ev.greedy else None)
     return results, {**summary, "prompts_truncated": long_prompts}
 

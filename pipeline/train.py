@@ -32,7 +32,7 @@ STEP_LOG = "steps.jsonl"                   # inside the checkpoint dir: per-step
 PLOT_COLUMNS = ("step", "reward_mean", "reward_std", "accuracy", "soft_ratio", "completion_length",
                 "explicit_length", "kl_token", "kl_router", "token_entropy", "router_entropy", "lr",
                 "grad_norm", "step_seconds")
-HASHED_SECTIONS = ("data", "model", "router", "rollout", "warmup", "train")
+HASHED_SECTIONS = ("data", "model", "router", "rollout", "warmup", "train", "reward")
 UNHASHED_TRAIN_KEYS = ("checkpoint_every", "keep_checkpoints", "log_samples_every", "num_processes",
                        "accelerate_config")
 
@@ -150,7 +150,7 @@ def build_trainer(cfg, records, base: Path | None, checkpoint_dir: Path, models_
 
     policy, tokenizer, resolved = load_policy(cfg.model, cfg.router, seed=cfg.train.seed, base_path=base,
                                               models_dir=models_dir)
-    reward = make_reward_fn(marker=cfg.rollout.answer_marker)
+    reward = make_reward_fn(marker=cfg.rollout.answer_marker, **cfg.reward.model_dump())
     prompts = chat_prompts(tokenizer, [r.prompt for r in records], cfg.data, cfg.rollout)
     long_prompts = count_long_prompts(tokenizer, prompts, cfg.rollout.max_prompt_tokens)
     if long_prompts:

@@ -81,7 +81,7 @@ class DataConfig(BaseModel):
         "null = gsm8k; tiny has its own synthetic task.")
     source: Optional[Literal["synthetic", "gsm8k", "math", "jsonl", "parquet", "hub", "reasoning-gym"]] = Field(
         None, description=f"Where problems come from; synthetic and reasoning-gym need no network{_R}.")
-    train_path: Optional[str] = Field(None, description="Training file or directory (gsm8k/math/jsonl/parquet).")
+    train_path: Optional[str] = Field(None, description="Training file or directory (gsm8k/math/jsonl/parquet); null for gsm8k/math = the hub dataset.")
     eval_path: Optional[str] = Field(None, description="Evaluation file; null = hold out eval_size records.")
     hub_name: Optional[str] = Field(None, description=f"HF datasets hub name, e.g. openai/gsm8k{_R}.")
     hub_config: Optional[str] = Field(None, description=f"HF datasets config name, e.g. main{_R}.")
@@ -100,15 +100,17 @@ class DataConfig(BaseModel):
 
     @model_validator(mode="after")
     def _source_inputs(self) -> "DataConfig":
-        problems = []
+        problems = []  # gsm8k/math without train_path read the hub (prepare says what to do if it is unreachable)
         if self.source in ("jsonl", "parquet") and not self.train_path:
             problems.append(("train_path", f"source={self.source} reads local files; set data.train_path "
                                            "(or use source=hub with data.hub_name)"))
         if self.source == "hub" and not self.hub_name:
             problems.append(("hub_name", "source=hub needs data.hub_name, e.g. openai/gsm8k"))
-        if self.eval_path and self.source in IGNORES_EVAL_PATH:
-            problems.append(("eval_path", f"{self.eval_path} would be ignored: source={self.source} makes its own "
-                                          "eval split; remove data.eval_path or use source jsonl/parquet/gsm8k/math"))
+        if self.eval_path and (self.source in IGNORES_EVAL_PATH or not self.train_path):
+            why = (f"source={self.source} makes its own eval split" if self.source in IGNORES_EVAL_PATH
+                   else "without data.train_path the splits come from the hub")
+            problems.append(("eval_path", f"{self.eval_path} would be ignored: {why}; remove data.eval_path, or set "
+                                          "data.train_path for local files"))
         _fail(problems)
         return self
 
@@ -244,6 +246,26 @@ class TrainConfig(BaseModel):
     log_samples_every: int = Field(10, ge=0, description="Steps between logged rollout samples; 0 = never.")
 
 
+# --------------------------------------------------------------------------------------- reward
+class RewardConfig(BaseModel):
+    model_config = _STRICT
+    kind: Literal["auto", "numeric", "math"] = Field(
+        "auto", description="Answer equivalence: numeric (first number, exact), math (math-verify), auto (a stated "
+        "number is compared exactly with a number gold, anything else through math-verify).")
+    answer_rule: Literal["marker", "boxed", "marker-or-boxed"] = Field(
+        "marker", description="Where the answer is: after the last rollout.answer_marker (to the end of its line), "
+        "the last \\boxed{}, or the marker when the completion has one and else the last \\boxed{}.")
+    require_single_marker: bool = Field(
+        False, description="Reward 0 unless the marker appears exactly once (needs answer_rule marker).")
+
+    @model_validator(mode="after")
+    def _single_marker_needs_marker(self) -> "RewardConfig":
+        if self.require_single_marker and self.answer_rule != "marker":
+            _fail([("require_single_marker", f"require_single_marker=true needs answer_rule=marker, got "
+                                             f"{self.answer_rule}; set one or the other")])
+        return self
+
+
 # ------------------------------------------------------------------------- eval / tracking / registry
 class EvalConfig(BaseModel):
     model_config = _STRICT
@@ -272,15 +294,6 @@ class EvalConfig(BaseModel):
             problems.append(("pass_k", f"duplicate values in {self.pass_k}; list each k once"))
         _fail(problems)
         return self
-
-
-class RewardConfig(BaseModel):
-    model_config = _STRICT
-    kind: Literal["auto", "numeric", "math"] = Field(
-        "auto", description="Answer comparison: numeric (GSM8K), math (math-verify) or auto by gold answer.")
-    answer_rule: Literal["marker", "boxed", "marker-or-boxed"] = Field(
-        "marker", description="Where the answer is read: after the last answer marker, the last \\boxed{}, or either.")
-    require_single_marker: bool = Field(False, description="Reward 0 unless the marker appears exactly once.")
 
 
 class TrackingConfig(BaseModel):
@@ -327,7 +340,7 @@ with warnings.catch_warnings():
         warmup: WarmupConfig = Field(default_factory=WarmupConfig, description="Supervised warm-up stage.")
         train: TrainConfig = Field(default_factory=TrainConfig, description="TARPO optimisation.")
         eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation stage.")
-        reward: RewardConfig = Field(default_factory=RewardConfig, description="Answer extraction and comparison.")
+        reward: RewardConfig = Field(default_factory=RewardConfig, description="Answer rule and equivalence.")
         tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking.")
         register: RegisterConfig = Field(default_factory=RegisterConfig, description="MLflow model registry.")
 

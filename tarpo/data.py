@@ -1,31 +1,42 @@
-"""Dataset readers, a seeded synthetic task, split hygiene and prompt building.
+"""Train/eval splits for the prepare stage, prompt building, and reading prepared records back.
 
-Every reader yields `Record(id, prompt, answer, source, solution)`; `answer` is the bare gold that
-`tarpo.rewards.score` compares against, `solution` a worked solution ending in "#### N" when the
-source has one (used by the supervised warm-up).
+The pieces live in modules named after them: `tarpo.records` (Record, DataError, gold text),
+`tarpo.readers` (one reader per source), `tarpo.synthetic` (the seeded generator) and `tarpo.hygiene`
+(duplicates, overlap, minimum sizes). Their public names are re-exported here.
 
 Where we deliberately depart from the reference (tarpo-reference.md §5-6):
-1. Malformed rows are reported as "path:line: message" and either skipped (counted) or fatal,
-   never silently dropped or crashing on a KeyError.
-2. A list-valued gold becomes its element (one) or "a, b" (several), never a Python repr (B17).
-3. Train and eval are made disjoint on normalised prompt text, and duplicates are dropped.
-4. Nothing is fetched implicitly: the hub reader needs `datasets` and a network, and says which
-   local-file source to use instead when either is missing.
+1. Train and eval are made disjoint on normalised prompt text, and duplicates are dropped.
+2. Degenerate splits stop the prepare stage before it writes anything: an empty or blank file, a
+   file whose every row was skipped, the eval file equal to the train file, a file too small to hold
+   out the eval set, and a split left empty after de-duplication.
+3. `gsm8k` and `math` read local files when `data.train_path` is set, else the hub dataset; when
+   neither is possible the error names both fixes.
 """
 
 from __future__ import annotations
 
-import json
 import random
-import re
-import unicodedata
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from tarpo.rewards import DEFAULT_MARKER, last_boxed
+from tarpo.hygiene import (dedupe, drop_overlap, normalize_prompt, require_distinct_files, require_holdout,
+                           require_nonempty_splits, require_records, sample_records)
+from tarpo.readers import (GSM8K_HUB, MATH_HUB, HubUnavailable, iter_jsonl, read_gsm8k, read_hub, read_math,
+                           read_reasoning_gym, read_table)
+from tarpo.records import (DataError, ReadReport, Record, Rows, UniqueIds, clean_gsm8k_solution, gold_from_answer,
+                           gold_text)
+from tarpo.rewards import DEFAULT_MARKER
+from tarpo.synthetic import synthetic_problem, synthetic_problems
+
+__all__ = ["SOURCES", "DEFAULT_SYSTEM_PROMPT", "DataError", "HubUnavailable", "ReadReport", "Record", "Splits",
+           "build_prompt", "clean_gsm8k_solution", "dedupe", "default_system_prompt", "drop_overlap",
+           "gold_from_answer", "gold_text", "load_splits", "normalize_prompt", "read_gsm8k", "read_hub",
+           "read_math", "read_prepared", "read_reasoning_gym", "read_table", "sample_records",
+           "synthetic_problem", "synthetic_problems"]
 
 SOURCES = ("synthetic", "gsm8k", "math", "jsonl", "parquet", "hub", "reasoning-gym")
+GENERATED_SOURCES = ("synthetic", "reasoning-gym")  # make their own eval split: data.eval_path means nothing
 
 
 def default_system_prompt(marker: str = DEFAULT_MARKER) -> str:
@@ -37,393 +48,6 @@ def default_system_prompt(marker: str = DEFAULT_MARKER) -> str:
 
 DEFAULT_SYSTEM_PROMPT = default_system_prompt()
 
-
-class DataError(ValueError):
-    """A data problem a user must fix; the message names the file and line when there is one."""
-
-
-@dataclass(frozen=True)
-class Record:
-    """One problem. `answer` is the bare gold; `solution` a worked solution ("" when unknown)."""
-
-    id: str
-    prompt: str
-    answer: str
-    source: str
-    solution: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, row: Mapping) -> Record:
-        return cls(id=str(row["id"]), prompt=row["prompt"], answer=row["answer"],
-                   source=row["source"], solution=row.get("solution", "") or "")
-
-
-@dataclass
-class ReadReport:
-    """What a read skipped and why: one "path:line: message" per malformed row."""
-
-    rows_read: int = 0
-    skipped: int = 0
-    problems: list[str] = field(default_factory=list)
-
-    def merge(self, other: ReadReport) -> None:
-        self.rows_read += other.rows_read
-        self.skipped += other.skipped
-        self.problems.extend(other.problems)
-
-
-class _Rows:
-    """Applies the malformed-row policy: `skip` records the problem, `fail` raises it."""
-
-    def __init__(self, policy: str, report: ReadReport | None):
-        if policy not in ("skip", "fail"):
-            raise ValueError(f"malformed policy must be 'skip' or 'fail', got {policy!r}")
-        self.policy, self.report = policy, report if report is not None else ReadReport()
-
-    def bad(self, where: str, message: str) -> None:
-        problem = f"{where}: {message}"
-        if self.policy == "fail":
-            raise DataError(problem)
-        self.report.skipped += 1
-        self.report.problems.append(problem)
-
-
-# ---------------------------------------------------------------- gold handling
-
-def gold_text(value) -> str:
-    """A gold value as text: numbers without ".0", lists joined (B17), None -> ""."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, (list, tuple)):
-        return ", ".join(gold_text(v) for v in value if gold_text(v))
-    return str(value).strip()
-
-
-def gold_from_answer(text: str, marker: str = DEFAULT_MARKER) -> str:
-    """The bare gold of an answer field: after the last marker, else the last \\boxed{}, else as is."""
-    if marker in text:
-        return text[text.rfind(marker) + len(marker):].strip().rstrip(".").strip()
-    boxed = last_boxed(text)
-    return boxed.strip() if boxed is not None else text.strip()
-
-
-def clean_gsm8k_solution(text: str) -> str:
-    """GSM8K worked solution without calculator annotations ("<<48/2=24>>")."""
-    return re.sub(r"<<[^<>]*>>", "", text).strip()
-
-
-# ---------------------------------------------------------------- raw row sources
-
-def _iter_jsonl(path: Path, rows: _Rows) -> Iterator[tuple[str, dict]]:
-    """(where, row) per non-blank line; bad JSON and non-objects are reported with path:line."""
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            rows.report.rows_read += 1
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                rows.bad(where, f"bad JSON ({err.msg})")
-                continue
-            if not isinstance(row, dict):
-                rows.bad(where, f"expected a JSON object, got {type(row).__name__}")
-                continue
-            yield where, row
-
-
-def _iter_parquet(path: Path, rows: _Rows) -> Iterator[tuple[str, dict]]:
-    """(where, row) per parquet row; `line` is the 1-based row number."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as err:
-        raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from err
-    try:
-        table = pq.read_table(path)
-    except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a bad file
-        raise DataError(f"{path}: not a readable parquet file ({err})") from err
-    for number, row in enumerate(table.to_pylist(), start=1):
-        rows.report.rows_read += 1
-        yield f"{path}:{number}", row
-
-
-def _iter_table(path: Path, rows: _Rows) -> Iterator[tuple[str, dict]]:
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.suffix == ".parquet":
-        return _iter_parquet(path, rows)
-    return _iter_jsonl(path, rows)
-
-
-def _row_id(source: str, path: Path, where: str) -> str:
-    """Default id "<source>-<file stem>-<line>": unique across the train and eval files."""
-    return f"{source}-{path.stem}-{where.rsplit(':', 1)[1]}"
-
-
-def _field(row: Mapping, name: str, where: str, rows: _Rows) -> str | None:
-    """The non-empty text of row[name]; reports a missing or empty field and returns None."""
-    if name not in row or row[name] is None:
-        rows.bad(where, f"missing field {name!r}")
-        return None
-    text = gold_text(row[name]) if not isinstance(row[name], str) else row[name].strip()
-    if not text:
-        rows.bad(where, f"empty field {name!r}")
-        return None
-    return text
-
-
-# ---------------------------------------------------------------- readers
-
-def read_gsm8k(path: str | Path, *, malformed: str = "skip", report: ReadReport | None = None,
-               source: str = "gsm8k") -> list[Record]:
-    """GSM8K published schema (jsonl or parquet): `question`, `answer` ending in "#### N"."""
-    rows, out = _Rows(malformed, report), []
-    for where, row in _iter_table(Path(path), rows):
-        question, answer = _field(row, "question", where, rows), _field(row, "answer", where, rows)
-        if question is None or answer is None:
-            continue
-        if DEFAULT_MARKER not in answer or not gold_from_answer(answer):
-            rows.bad(where, f"answer has no '{DEFAULT_MARKER} N' final line")
-            continue
-        out.append(Record(id=_row_id(source, Path(path), where), prompt=question,
-                          answer=gold_from_answer(answer), source=source,
-                          solution=clean_gsm8k_solution(answer)))
-    return out
-
-
-def _math_record(row: Mapping, where: str, rows: _Rows, source: str, rid: str) -> Record | None:
-    """MATH row: `problem` + (`answer` if given, MATH-500 style, else last \\boxed{} of `solution`)."""
-    problem = _field(row, "problem", where, rows)
-    if problem is None:
-        return None
-    answer = gold_text(row.get("answer"))
-    solution = row.get("solution") if isinstance(row.get("solution"), str) else ""
-    if not answer:
-        if not solution:
-            rows.bad(where, "missing field 'answer' and 'solution'")
-            return None
-        answer = (last_boxed(solution) or "").strip()
-        if not answer:
-            rows.bad(where, "no \\boxed{} answer in 'solution'")
-            return None
-    return Record(id=rid, prompt=problem, answer=answer, source=source, solution="")
-
-
-def read_math(path: str | Path, *, malformed: str = "skip", report: ReadReport | None = None,
-              source: str = "math") -> list[Record]:
-    """MATH: a Hendrycks split dir (`subject/*.json`), or jsonl/parquet (MATH-500 style allowed)."""
-    path, rows = Path(path), _Rows(malformed, report)
-    if not path.is_dir():
-        return [r for where, row in _iter_table(path, rows)
-                if (r := _math_record(row, where, rows, source,
-                                      str(row.get("unique_id") or _row_id(source, path, where))))]
-    files = sorted(path.glob("*/*.json")) or sorted(path.glob("*.json"))
-    if not files:
-        raise DataError(f"{path}: no MATH files (expected {path}/<subject>/<n>.json)")
-    out = []
-    for file in files:
-        rows.report.rows_read += 1
-        try:
-            row = json.loads(file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            rows.bad(f"{file}:{err.lineno}", f"bad JSON ({err.msg})")
-            continue
-        if not isinstance(row, dict):
-            rows.bad(f"{file}:1", "expected a JSON object")
-            continue
-        rid = f"{source}-{file.parent.name}-{file.stem}"
-        if (record := _math_record(row, f"{file}:1", rows, source, rid)) is not None:
-            out.append(record)
-    return out
-
-
-def read_table(path: str | Path, *, fields: Mapping[str, str | None] | None = None,
-               malformed: str = "skip", report: ReadReport | None = None,
-               source: str | None = None) -> list[Record]:
-    """Any jsonl/parquet with a field mapping {prompt, answer, id}; answers go through gold_from_answer."""
-    path, rows, out = Path(path), _Rows(malformed, report), []
-    fields = {"prompt": "prompt", "answer": "answer", "id": None, **(fields or {})}
-    source = source or path.stem
-    for where, row in _iter_table(path, rows):
-        prompt = _field(row, fields["prompt"], where, rows)
-        answer = _field(row, fields["answer"], where, rows) if prompt is not None else None
-        if prompt is None or answer is None:
-            continue
-        gold = gold_from_answer(answer)
-        if not gold:
-            rows.bad(where, f"empty answer in field {fields['answer']!r}")
-            continue
-        rid = row.get(fields["id"]) if fields["id"] else None
-        out.append(Record(id=str(rid) if rid not in (None, "") else _row_id(source, path, where),
-                          prompt=prompt, answer=gold, source=source,
-                          solution=clean_gsm8k_solution(answer) if DEFAULT_MARKER in answer else ""))
-    return out
-
-
-def read_hub(name: str, *, split: str, config: str | None = None,
-             fields: Mapping[str, str | None] | None = None, malformed: str = "skip",
-             report: ReadReport | None = None) -> list[Record]:
-    """A Hugging Face hub dataset through `datasets` (imported lazily; needs a network or its cache)."""
-    hint = (f"download the files yourself and set data.source to 'jsonl', 'parquet', 'gsm8k' or "
-            f"'math' with data.train_path / data.eval_path")
-    try:
-        import datasets
-    except ImportError as err:
-        raise DataError(f"hub dataset {name!r} needs the 'datasets' package (pip install datasets); "
-                        f"or {hint}") from err
-    try:
-        table = datasets.load_dataset(name, config, split=split)
-    except Exception as err:  # noqa: BLE001 - offline, missing split, auth: all end the same way
-        raise DataError(f"hub dataset {name!r} (config {config!r}, split {split!r}) could not be "
-                        f"loaded ({type(err).__name__}: {err}); offline? {hint}") from err
-    rows, out = _Rows(malformed, report), []
-    fields = {"prompt": "question", "answer": "answer", "id": None, **(fields or {})}
-    for number, row in enumerate(table, start=1):
-        rows.report.rows_read += 1
-        where = f"{name}/{split}:{number}"
-        prompt = _field(row, fields["prompt"], where, rows)
-        answer = _field(row, fields["answer"], where, rows) if prompt is not None else None
-        if prompt is not None and answer is not None and gold_from_answer(answer):
-            rid = row.get(fields["id"]) if fields["id"] else None
-            out.append(Record(id=str(rid or f"{name}-{split}-{number}"), prompt=prompt,
-                              answer=gold_from_answer(answer), source=name.split("/")[-1],
-                              solution=clean_gsm8k_solution(answer) if DEFAULT_MARKER in answer else ""))
-        elif prompt is not None and answer is not None:
-            rows.bad(where, "empty answer")
-    return out
-
-
-def read_reasoning_gym(dataset: str, *, size: int, seed: int) -> list[Record]:
-    """Problems generated locally by reasoning-gym (optional package; Apache-2.0)."""
-    try:
-        import reasoning_gym
-    except ImportError as err:
-        raise DataError("data.source 'reasoning-gym' needs the 'reasoning-gym' package "
-                        "(pip install reasoning-gym), or use data.source 'synthetic'") from err
-    try:
-        entries = reasoning_gym.create_dataset(dataset, size=size, seed=seed)
-    except Exception as err:  # noqa: BLE001 - unknown dataset name etc.
-        raise DataError(f"reasoning-gym dataset {dataset!r}: {err}") from err
-    return [Record(id=f"{dataset}-{seed}-{i}", prompt=str(e["question"]).strip(),
-                   answer=gold_text(e["answer"]), source=dataset)
-            for i, e in enumerate(entries)]
-
-
-# ---------------------------------------------------------------- synthetic task
-
-_PEOPLE = (("Tom", "he"), ("Ann", "she"), ("Sam", "he"), ("Mia", "she"), ("Ben", "he"), ("Eva", "she"))
-_ITEMS = ("apples", "pens", "books", "coins", "cards", "eggs", "balls", "cups")
-# One fixed phrase per operation keeps the vocabulary tiny and the mapping text -> operation exact.
-_PHRASES = {"+": "buys {x} more", "-": "gives away {x}", "*": "gets {x} times as many"}
-_MAX_FACTOR = 3  # "times as many" stays small so answers do not explode with the op count
-
-
-def _next_step(rng: random.Random, value: int, max_operand: int) -> tuple[str, int]:
-    """One (operation, operand) that keeps the running total a non-negative integer."""
-    choices = ["+"] + (["-"] if value > 0 else []) + (["*"] if 0 < value <= max_operand else [])
-    op = rng.choice(choices)
-    if op == "+":
-        return op, rng.randint(1, max_operand)
-    if op == "-":
-        return op, rng.randint(1, min(value, max_operand))
-    return op, rng.randint(2, _MAX_FACTOR)
-
-
-def _apply(op: str, value: int, x: int) -> int:
-    return {"+": value + x, "-": value - x, "*": value * x}[op]
-
-
-def synthetic_problem(rng: random.Random, min_ops: int, max_ops: int, max_operand: int
-                      ) -> tuple[str, str, str]:
-    """(question, worked solution ending in "#### N", gold N) for one random problem."""
-    name, pronoun = rng.choice(_PEOPLE)
-    item = rng.choice(_ITEMS)
-    value = rng.randint(1, max_operand)
-    sentences, steps = [f"{name} has {value} {item}."], []
-    for i in range(rng.randint(min_ops, max_ops)):
-        op, x = _next_step(rng, value, max_operand)
-        phrase = _PHRASES[op].format(x=x)
-        sentences.append(f"{pronoun.capitalize()} {phrase}." if i == 0 else f"Then {pronoun} {phrase}.")
-        new_value = _apply(op, value, x)
-        steps.append(f"{value} {op} {x} = {new_value}.")
-        value = new_value
-    sentences.append(f"How many {item} does {pronoun} have now?")
-    return " ".join(sentences), f"{' '.join(steps)} {DEFAULT_MARKER} {value}", str(value)
-
-
-def synthetic_problems(n: int, seed: int, min_ops: int = 1, max_ops: int = 3, max_operand: int = 20,
-                       *, level: int = 1, exclude: Iterable[str] = (),
-                       source: str = "synthetic") -> list[Record]:
-    """n distinct seeded arithmetic word problems (deterministic per seed; needs no network).
-
-    Difficulty `level` L >= 1 builds on the base knobs: L - 1 more operations per problem and
-    operands up to L * max_operand (level 1 = the knobs as given). Prompts whose normalised text
-    is in `exclude` (e.g. the eval set) are never produced.
-    """
-    if level < 1 or not (1 <= min_ops <= max_ops) or max_operand < 1 or n < 0:
-        raise DataError(f"synthetic needs level >= 1, 1 <= min_ops <= max_ops, max_operand >= 1, "
-                        f"n >= 0; got level={level}, min_ops={min_ops}, max_ops={max_ops}, "
-                        f"max_operand={max_operand}, n={n}")
-    min_ops, max_ops, max_operand = min_ops + level - 1, max_ops + level - 1, max_operand * level
-    rng, seen, out = random.Random(seed), {normalize_prompt(p) for p in exclude}, []
-    misses = 0  # consecutive repeats: many in a row means the problem space is exhausted
-    while len(out) < n and misses < 2000:
-        question, solution, gold = synthetic_problem(rng, min_ops, max_ops, max_operand)
-        key = normalize_prompt(question)
-        misses += 1
-        if key not in seen:
-            seen.add(key)
-            misses = 0
-            out.append(Record(id=f"{source}-{seed}-{len(out)}", prompt=question, answer=gold,
-                              source=source, solution=solution))
-    if len(out) < n:
-        raise DataError(f"synthetic: only {len(out)} distinct problems of {n} requested with "
-                        f"max_ops={max_ops}, max_operand={max_operand}; raise them or ask for fewer")
-    return out
-
-
-# ---------------------------------------------------------------- split hygiene
-
-def normalize_prompt(text: str) -> str:
-    """Key for duplicate/overlap checks: unicode-folded, case-folded, whitespace collapsed."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
-
-
-def dedupe(records: Iterable[Record]) -> tuple[list[Record], int]:
-    """First occurrence of each normalised prompt, and how many later copies were dropped."""
-    seen, kept, dropped = set(), [], 0
-    for record in records:
-        key = normalize_prompt(record.prompt)
-        if key in seen:
-            dropped += 1
-        else:
-            seen.add(key)
-            kept.append(record)
-    return kept, dropped
-
-
-def drop_overlap(train: Iterable[Record], eval_records: Iterable[Record]) -> tuple[list[Record], int]:
-    """Train without any prompt that is also in eval (eval is the set we must not train on)."""
-    eval_keys = {normalize_prompt(r.prompt) for r in eval_records}
-    train = list(train)
-    kept = [r for r in train if normalize_prompt(r.prompt) not in eval_keys]
-    return kept, len(train) - len(kept)
-
-
-def sample_records(records: list[Record], size: int | None, seed: int) -> list[Record]:
-    """A seeded subset of `size` records in their original order (all when size is None or larger)."""
-    if size is None or size >= len(records):
-        return list(records)
-    keep = sorted(random.Random(seed).sample(range(len(records)), size))
-    return [records[i] for i in keep]
 
 
 # ---------------------------------------------------------------- prompts
@@ -467,10 +91,51 @@ def _read_file(source: str, path: str | Path, fields, malformed: str, report: Re
     return read_table(path, fields=fields, malformed=malformed, report=report)
 
 
+def _hub_for(source: str, hub: Mapping) -> tuple[str, str | None, str]:
+    """(name, config, schema) of the hub dataset a source reads when no local file is given."""
+    if source == "gsm8k":
+        return (*GSM8K_HUB, "gsm8k")
+    if source == "math":
+        return (hub.get("name") or MATH_HUB[0], hub.get("config") if hub.get("name") else MATH_HUB[1], "math")
+    return hub["name"], hub.get("config"), "table"
+
+
+def _read_hub_splits(source: str, hub: Mapping, fields, malformed: str, reports: tuple[ReadReport, ReadReport]
+                     ) -> tuple[list[Record], list[Record]]:
+    """Train and eval splits of the source's hub dataset; unreachable -> one line naming both fixes."""
+    name, config, schema = _hub_for(source, hub)
+    splits = (hub.get("train_split") or "train", hub.get("eval_split") or "test")
+    try:
+        return tuple(read_hub(name, split=split, config=config, fields=fields, malformed=malformed,
+                              report=report, schema=schema, source=None if schema == "table" else source)
+                     for split, report in zip(splits, reports))  # type: ignore[return-value]
+    except HubUnavailable as err:
+        if source == "hub":
+            raise DataError(f"data.hub_name: {err}; or download the files and set data.source to 'jsonl', "
+                            "'parquet', 'gsm8k' or 'math' with data.train_path") from err
+        raise DataError(f"data.source {source} without data.train_path reads the hub dataset {name}, but "
+                        f"{err.reason}; set data.train_path=PATH to a local {source} file, or make the hub "
+                        "reachable (pip install datasets, and network access)") from err
+
+
+def _check_eval_path(source: str, train_path, eval_path) -> None:
+    if not eval_path:
+        return
+    if source in GENERATED_SOURCES or source == "hub":
+        raise DataError(f"data.eval_path: ignored by data.source {source} (it makes its own eval split); "
+                        "remove it, or use source jsonl/gsm8k/math with data.train_path")
+    if not train_path:
+        raise DataError(f"data.eval_path: set without data.train_path; source {source} then reads the hub, "
+                        "which ignores it: set data.train_path too, or remove data.eval_path")
+
+
 def _read_raw(source: str, *, train_path, eval_path, fields, hub: Mapping, train_size, eval_size,
               malformed: str, seed: int, synthetic: Mapping, reasoning_gym_dataset,
               train_report: ReadReport, eval_report: ReadReport) -> tuple[list[Record], list[Record]]:
     """Raw (train, eval) records for one source, before de-duplication and the overlap check."""
+    if source not in SOURCES:
+        raise DataError(f"data.source: unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    _check_eval_path(source, train_path, eval_path)
     if source == "synthetic":
         n_train, n_eval = (train_size or SYNTHETIC_DEFAULT_SIZES[0], eval_size or SYNTHETIC_DEFAULT_SIZES[1])
         knobs = {k: v for k, v in synthetic.items() if v is not None}
@@ -483,22 +148,22 @@ def _read_raw(source: str, *, train_path, eval_path, fields, hub: Mapping, train
         n_train, n_eval = (train_size or SYNTHETIC_DEFAULT_SIZES[0], eval_size or SYNTHETIC_DEFAULT_SIZES[1])
         return (read_reasoning_gym(reasoning_gym_dataset, size=n_train, seed=seed + 1),
                 read_reasoning_gym(reasoning_gym_dataset, size=n_eval, seed=seed))
-    if source == "hub":
-        if not hub.get("name"):
-            raise DataError("data.hub_name: required for data.source 'hub'")
-        read = lambda split, rep: read_hub(hub["name"], split=split, config=hub.get("config"),  # noqa: E731
-                                           fields=fields, malformed=malformed, report=rep)
-        return (read(hub.get("train_split") or "train", train_report),
-                read(hub.get("eval_split") or "test", eval_report))
-    if source not in SOURCES:
-        raise DataError(f"data.source: unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    if source == "hub" and not hub.get("name"):
+        raise DataError("data.hub_name: required for data.source 'hub'")
+    if source == "hub" or (source in ("gsm8k", "math") and not train_path):
+        return _read_hub_splits(source, hub, fields, malformed, (train_report, eval_report))
     if not train_path:
         raise DataError(f"data.train_path: required for data.source {source!r}")
+    require_distinct_files(train_path, eval_path)
     train = _read_file(source, train_path, fields, malformed, train_report)
+    require_records(train, train_report, str(train_path), "data.train_path")
     if eval_path:
-        return train, _read_file(source, eval_path, fields, malformed, eval_report)
+        eval_records = _read_file(source, eval_path, fields, malformed, eval_report)
+        require_records(eval_records, eval_report, str(eval_path), "data.eval_path")
+        return train, eval_records
     n_eval = eval_size or max(1, int(len(train) * HOLDOUT_FRACTION))
-    held = set(random.Random(seed).sample(range(len(train)), min(n_eval, len(train))))
+    require_holdout(train, n_eval, str(train_path))
+    held = set(random.Random(seed).sample(range(len(train)), n_eval))
     return ([r for i, r in enumerate(train) if i not in held],
             [r for i, r in enumerate(train) if i in held])
 
@@ -510,7 +175,8 @@ def load_splits(*, source: str, train_path: str | None = None, eval_path: str | 
                 reasoning_gym_dataset: str | None = None) -> Splits:
     """Read train/eval for a source, drop duplicates and train/eval overlap, then subsample (seeded).
 
-    With no eval file, eval is held out of the train file (eval_size, or 10 %).
+    With no eval file, eval is held out of the train file (eval_size, or 10 %). Raises DataError for
+    any degenerate split (module docstring) before the caller writes anything.
     """
     train_report, eval_report = ReadReport(), ReadReport()
     train, eval_records = _read_raw(
@@ -531,16 +197,20 @@ def load_splits(*, source: str, train_path: str | None = None, eval_path: str | 
         "duplicates_dropped": train_dups + eval_dups, "overlap_dropped": overlap,
         "train_count": len(train), "eval_count": len(eval_records),
     }
+    require_nonempty_splits(train, eval_records, stats, f"data.source {source}"
+                            + (f" ({train_path})" if train_path else ""))
     return Splits(train=train, eval=eval_records, stats=stats,
                   problems=train_report.problems + eval_report.problems)
 
 
 def read_prepared(path: str | Path) -> list[Record]:
-    """Records written by the prepare stage; any bad line is fatal (prepare wrote it)."""
-    records, rows = [], _Rows("fail", None)
-    for where, row in _iter_jsonl(Path(path), rows):
+    """Records written by the prepare stage; any bad line or repeated id is fatal (prepare wrote it)."""
+    records, rows, ids = [], Rows("fail", None), UniqueIds()
+    for where, row in iter_jsonl(Path(path), rows):
         missing = [k for k in ("id", "prompt", "answer", "source") if k not in row]
         if missing:
             raise DataError(f"{where}: missing field {missing[0]!r}; re-run the prepare stage")
-        records.append(Record.from_dict(row))
+        record = Record.from_dict(row)
+        ids.check(record.id, where)
+        records.append(record)
     return records

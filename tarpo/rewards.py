@@ -13,6 +13,15 @@ Where we deliberately depart from the reference (tarpo-reference.md §5):
 5. The "marker exactly once" rule is optional (the reference always applied it).
 6. Only the first ``max_answer_chars`` characters after the marker are parsed, and math-verify runs
    under a wall-clock limit, so a pathological completion costs milliseconds, not minutes.
+7. The answer is the span right after the LAST marker, to the end of its line, and a number answer is
+   that span's FIRST number: "#### 18 (since 9 * 2)" and "#### 18\nThis is because..." are 18, and
+   "#### 19 or 18" is 19 (the reference took the last number of everything after the marker).
+8. Minus signs may be en/em dashes, currency may sit between sign and digits ("-$18"), and thousands
+   may be grouped with (thin, no-break) spaces ("1 234 567").
+9. The answer rule is configurable: after the marker, the last ``\\boxed{}``, or the marker when there is
+   one and else the last box (instruct models answer in their own format).
+10. The majority-vote key is the number (or text) the reward compared, so two answers vote together
+   exactly when they would score the same ("70 000" used to vote with 70000 but score 0).
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 DEFAULT_MARKER = "####"
+KINDS = ("auto", "numeric", "math")  # mirrors RewardConfig.kind (a test keeps them equal)
+ANSWER_RULES = ("marker", "boxed", "marker-or-boxed")  # mirrors RewardConfig.answer_rule
 MAX_ANSWER_CHARS = 256  # a real final answer is short; anything longer is clipped before parsing
 MATH_TIME_LIMIT_S = 0.5  # wall-clock budget for one math-verify parse + verify (main thread only)
 
@@ -39,27 +50,49 @@ _NUMBER = re.compile(r"(?<![\w.)])(-)?([0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:\s*/\s*([
 _UNIT_POWER = re.compile(r"(?<=[A-Za-z])(?:\^\{?\d+\}?|[²³])")  # "m^2", "cm²": not a number
 _PLAIN_NUMBER = re.compile(r"-?([0-9]+(?:\.[0-9]+)?|\.[0-9]+)(\s*/\s*[0-9]+(?:\.[0-9]+)?)?")
 _CURRENCY_OR_PERCENT = re.compile(r"^(?:\\?\$|[€£¥])\s*|\s*\\?%$")
+_DASHES = str.maketrans({"\u2212": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\u2044": "/"})
+_CURRENCY = re.compile(r"\\?\$|[€£¥]")  # "-$18" and "$-18" are both -18 once the symbol is gone
+# Space-grouped thousands ("1 234 567", thin and no-break spaces fold to " " under NFKC): a lead group
+# of 1-3 digits followed by whole groups of three. "12345 678" is two numbers.
+_SPACE_THOUSANDS = re.compile(r"(?<![0-9.,])[0-9]{1,3}(?: [0-9]{3})+(?![0-9])")
+_LATEX_FRAC = re.compile(r"\\[dt]?frac\{\s*(-?[0-9.]+)\s*\}\{\s*([0-9.]+)\s*\}")  # \frac{1}{2} -> 1/2
+_LATEX_TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")  # \text{ apples} -> " apples"
+_LATEX_NOISE = re.compile(r"\\[,;:! ]|\\left|\\right")  # spacing and sizing commands
+_EXPRESSION = re.compile(r"\\[A-Za-z]|[\^_{}]")  # what is left is LaTeX maths, not a number
 
 
 @dataclass(frozen=True)
 class RewardResult:
-    """One scored completion: the reward, its parts for logging, and the answer key for voting."""
+    """One scored completion: the reward, its parts for logging, the answer key for voting, and
+    whether an answer / the marker was there at all (so a wrong format is not read as a wrong answer)."""
 
     reward: float
     parts: dict[str, float] = field(default_factory=dict)
     answer: str = ""  # normalised answer ("" when none): equal keys are votes for the same answer
+    answer_found: bool = False  # the answer rule found a non-empty answer (format, not correctness)
+    marker_found: bool = False  # the answer marker appears in the completion at all
 
     def __float__(self) -> float:  # the trainer takes float(result) as the scalar reward
         return self.reward
 
 
 def extract_answer(text: str, marker: str = DEFAULT_MARKER) -> str | None:
-    """Text after the LAST marker, stripped, one trailing "." dropped; None if there is no marker.
+    """The answer span after the LAST marker, or None if there is no marker.
+
+    The span is the rest of the marker's line (the next non-blank line when the marker ends its
+    line), stripped, one trailing "." dropped, and a ``\\boxed{...}`` in it unwrapped. Text on later
+    lines is the model explaining itself, never the answer.
 
     >>> extract_answer("12 + 5 = 17. #### 17.")
     '17'
     >>> extract_answer("#### 3 #### 4 ")
     '4'
+    >>> extract_answer("#### 18\\nThis is because 9 * 2 = 18.")
+    '18'
+    >>> extract_answer("####\\n\\n  42\\nmore")
+    '42'
+    >>> extract_answer("#### \\\\boxed{7}")
+    '7'
     >>> extract_answer("no marker here") is None
     True
     >>> extract_answer("####")
@@ -70,14 +103,54 @@ def extract_answer(text: str, marker: str = DEFAULT_MARKER) -> str | None:
     at = text.rfind(marker)
     if at < 0:
         return None
-    answer = text[at + len(marker):].strip()
-    return answer[:-1].rstrip() if answer.endswith(".") else answer
+    rest = text[at + len(marker):at + len(marker) + MAX_ANSWER_CHARS * 16]
+    lines = rest.splitlines()
+    span = lines[0].strip() if lines else ""
+    if not span:
+        span = next((line.strip() for line in lines[1:] if line.strip()), "")
+    return _unwrap(span)
+
+
+def _unwrap(span: str) -> str:
+    """One trailing "." dropped and a \\boxed{} unwrapped: "\\boxed{18}." -> "18"."""
+    span = span[:-1].rstrip() if span.endswith(".") else span
+    boxed = last_boxed(span) if "\\boxed{" in span else None
+    return boxed.strip() if boxed is not None else span
+
+
+def find_answer(text: str, rule: str = "marker", marker: str = DEFAULT_MARKER) -> str | None:
+    """The answer span under an answer rule; None when the rule finds no answer.
+
+    rule: "marker" (after the last marker), "boxed" (the last ``\\boxed{}``), "marker-or-boxed"
+    (after the last marker if the completion has one, else the last box).
+
+    >>> find_answer("so \\\\boxed{12}. #### 13", "boxed")
+    '12'
+    >>> find_answer("so \\\\boxed{12}. #### 13", "marker-or-boxed")
+    '13'
+    >>> find_answer("so \\\\boxed{12}.", "marker-or-boxed")
+    '12'
+    >>> find_answer("so 12.", "boxed") is None
+    True
+    """
+    if rule not in ANSWER_RULES:
+        raise ValueError(f"answer rule must be one of {', '.join(ANSWER_RULES)}, got {rule!r}")
+    if not isinstance(text, str):
+        return None
+    if rule == "marker" or (rule == "marker-or-boxed" and marker and marker in text):
+        return extract_answer(text, marker)
+    boxed = last_boxed(text)
+    return boxed.strip() if boxed is not None else None
 
 
 def _clean_numeric_text(text: str) -> str:
-    """Unicode-fold and drop what is never part of a number (separators, unit powers, odd minus)."""
-    text = unicodedata.normalize("NFKC", text).replace("\u2212", "-").replace("\u2044", "/")
+    """Unicode-fold and drop what is never part of a number (separators, currency, unit powers,
+    LaTeX spacing); dashes become minus signs and ``\\frac{a}{b}`` of numbers becomes a/b."""
+    text = unicodedata.normalize("NFKC", text).translate(_DASHES)
+    text = _LATEX_NOISE.sub("", _LATEX_TEXT.sub(r"\1", text))
+    text = _LATEX_FRAC.sub(r"\1/\2", _CURRENCY.sub("", text))
     text = _THOUSANDS.sub("", text)
+    text = _SPACE_THOUSANDS.sub(lambda m: m.group(0).replace(" ", ""), text)
     return _UNIT_POWER.sub("", text)
 
 
@@ -92,7 +165,7 @@ def _to_fraction(sign: str | None, number: str, denominator: str | None) -> Frac
 
 
 def parse_number(text: str) -> Fraction | None:
-    """The LAST number in text as an exact fraction (currency, units and "%" are ignored).
+    """The FIRST number in text as an exact fraction (currency, units and "%" are ignored).
 
     >>> parse_number("The total is $1,000.")
     Fraction(1000, 1)
@@ -102,15 +175,35 @@ def parse_number(text: str) -> Fraction | None:
     Fraction(-3, 4)
     >>> parse_number("50%")
     Fraction(50, 1)
+    >>> parse_number("19 or 18"), parse_number("-$18"), parse_number("\u2013 7"), parse_number("\u20137")
+    (Fraction(19, 1), Fraction(-18, 1), Fraction(7, 1), Fraction(-7, 1))
+    >>> parse_number("1\u2009234\u2009567 apples"), parse_number("70 000")
+    (Fraction(1234567, 1), Fraction(70000, 1))
     >>> parse_number("none") is None
     True
     """
     if not isinstance(text, str):
         return None
-    value = None
-    for match in _NUMBER.finditer(_clean_numeric_text(text[:MAX_ANSWER_CHARS * 4])):
-        value = _to_fraction(*match.groups())
-    return value
+    match = _NUMBER.search(_clean_numeric_text(text[:MAX_ANSWER_CHARS * 4]))
+    return _to_fraction(*match.groups()) if match else None
+
+
+def numeric_reading(answer: str) -> Fraction | None:
+    """The number an answer span states: its first number, unless the span is a LaTeX expression
+    ("\\sqrt{2}", "x^2") whose first digit is not its value; then None and math-verify decides.
+
+    >>> numeric_reading("18 (since 9 * 2)"), numeric_reading("\\\\frac{1}{2}"), numeric_reading("x = 7")
+    (Fraction(18, 1), Fraction(1, 2), Fraction(7, 1))
+    >>> numeric_reading("\\\\sqrt{2}") is None, numeric_reading("2^{10}") is None
+    (True, True)
+    """
+    if not isinstance(answer, str):
+        return None
+    cleaned = _clean_numeric_text(answer[:MAX_ANSWER_CHARS * 4])
+    if _EXPRESSION.search(cleaned):
+        return None
+    match = _NUMBER.search(cleaned)
+    return _to_fraction(*match.groups()) if match else None
 
 
 def _plain_number(text: str) -> Fraction | None:
@@ -121,7 +214,7 @@ def _plain_number(text: str) -> Fraction | None:
 
 
 def numeric_equal(answer: str, gold: str) -> bool:
-    """GSM8K-style equivalence: the last number of each side, compared exactly.
+    """GSM8K-style equivalence: the first number of each side, compared exactly.
 
     >>> numeric_equal("1,000", "1000")
     True
@@ -130,6 +223,8 @@ def numeric_equal(answer: str, gold: str) -> bool:
     >>> numeric_equal("0.5", "1/2")
     True
     >>> numeric_equal("17", "18")
+    False
+    >>> numeric_equal("19 or 18", "18")
     False
     """
     predicted, expected = parse_number(answer), parse_number(gold)
@@ -298,53 +393,74 @@ def _is_equal(answer: str, gold: str, kind: str) -> bool:
         return numeric_equal(answer, gold)
     if kind == "math":
         return math_equal(answer, gold)
-    # auto: "last number" only makes sense against a plain-number gold; "\frac{1}{2}" ends in "2".
-    if _plain_number(gold) is not None and numeric_equal(answer, gold):
-        return True
+    # auto: against a plain-number gold, a span that states a number is judged by that number alone
+    # ("19 or 18" is 19); LaTeX expressions and non-number golds go to math-verify.
+    expected = _plain_number(gold)
+    stated = numeric_reading(answer) if expected is not None else None
+    if stated is not None:
+        return stated == expected
     return math_equal(answer, gold)
 
 
-def answer_key(answer: str | None) -> str:
-    """Normalised answer used for majority voting: a canonical number if it is one, else squeezed text.
+def answer_key(answer: str | None, kind: str = "auto") -> str:
+    """Normalised answer for majority voting: the number the reward of this `kind` compares, else
+    squeezed text. Two answers share a key exactly when they read as the same number.
 
-    >>> answer_key(" 1,000.0 ") == answer_key("1000")
+    >>> answer_key(" 1,000.0 ") == answer_key("1000") == answer_key("1 000") == answer_key("1000 apples")
     True
-    >>> answer_key("\\\\frac{1}{2}")
-    '\\\\frac{1}{2}'
+    >>> answer_key("70 000"), answer_key("19 or 18"), answer_key("\u2013$18")
+    ('70000', '19', '-18')
+    >>> answer_key("\\\\frac{1}{2}"), answer_key("\\\\sqrt{2}")
+    ('1/2', '\\\\sqrt{2}')
     >>> answer_key(None)
     ''
     """
     if not answer:
         return ""
     answer = answer[:MAX_ANSWER_CHARS]
-    number = _plain_number(answer)
+    reading = {"numeric": parse_number, "math": _plain_number}.get(kind, numeric_reading)
+    number = reading(answer)
     if number is not None:
         return str(number)
     return re.sub(r"\s+", "", unicodedata.normalize("NFKC", answer)).lower()
 
 
-def score(completion_text: str, gold: str | Sequence[str], *, kind: str = "auto",
-          marker: str = DEFAULT_MARKER, require_single_marker: bool = False) -> RewardResult:
-    """Reward 1.0 iff the answer after the last marker equals a gold (and, if asked, one marker only).
+def _check_rule(kind: str, answer_rule: str, require_single_marker: bool) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be auto, numeric or math, got {kind!r}")
+    if answer_rule not in ANSWER_RULES:
+        raise ValueError(f"answer_rule must be one of {', '.join(ANSWER_RULES)}, got {answer_rule!r}")
+    if require_single_marker and answer_rule != "marker":
+        raise ValueError(f"require_single_marker needs answer_rule 'marker', got {answer_rule!r}")
 
-    kind: "numeric" (GSM8K: last number, exact), "math" (math-verify), "auto" (numeric, then math).
+
+def score(completion_text: str, gold: str | Sequence[str], *, kind: str = "auto",
+          marker: str = DEFAULT_MARKER, require_single_marker: bool = False,
+          answer_rule: str = "marker") -> RewardResult:
+    """Reward 1.0 iff the answer (per `answer_rule`) equals a gold (and, if asked, one marker only).
+
+    kind: "numeric" (GSM8K: first number, exact), "math" (math-verify), "auto" (a stated number is
+    compared exactly with a number gold, anything else through math-verify).
 
     >>> score("5 + 7 = 12. #### 12", "12").reward
     1.0
+    >>> score("#### 18 (since 9 * 2)", "18").reward, score("#### 19 or 18", "18").reward
+    (1.0, 0.0)
     >>> score("#### 1,000", "1000", kind="numeric").reward
     1.0
     >>> score("#### 1/2", "\\\\frac{1}{2}", kind="math").reward
     1.0
     >>> score("#### 4 #### 4", "4", require_single_marker=True).parts["format_ok"]
     0.0
-    >>> score("no marker", "4").reward
-    0.0
+    >>> score("so \\\\boxed{4}", "4", answer_rule="boxed").reward
+    1.0
+    >>> r = score("no marker", "4"); (r.reward, r.answer_found, r.marker_found)
+    (0.0, False, False)
     """
-    if kind not in ("auto", "numeric", "math"):
-        raise ValueError(f"kind must be auto, numeric or math, got {kind!r}")
+    _check_rule(kind, answer_rule, require_single_marker)
     text = completion_text if isinstance(completion_text, str) else ""
     marker_count = text.count(marker) if marker else 0
-    answer = extract_answer(text, marker)
+    answer = find_answer(text, answer_rule, marker)
     clipped = answer[:MAX_ANSWER_CHARS] if answer is not None else None
     correct = False
     if clipped and kind != "numeric":
@@ -364,26 +480,28 @@ def score(completion_text: str, gold: str | Sequence[str], *, kind: str = "auto"
         "answer_clipped": float(answer is not None and len(answer) > MAX_ANSWER_CHARS),
     }
     reward = float(correct and (format_ok or not require_single_marker))
-    return RewardResult(reward=reward, parts=parts, answer=answer_key(clipped))
+    return RewardResult(reward=reward, parts=parts, answer=answer_key(clipped, kind),
+                        answer_found=bool(clipped), marker_found=marker_count >= 1)
 
 
 def make_reward_fn(*, kind: str = "auto", marker: str = DEFAULT_MARKER,
-                   require_single_marker: bool = False
+                   require_single_marker: bool = False, answer_rule: str = "marker"
                    ) -> Callable[[list[str], list], list[RewardResult]]:
     """The trainer's pluggable reward: fn(completions, golds) -> one RewardResult per completion.
+
+    The keyword arguments are the `reward:` params section (plus `rollout.answer_marker`).
 
     >>> fn = make_reward_fn()
     >>> [r.reward for r in fn(["#### 3", "#### 4"], ["3", "3"])]
     [1.0, 0.0]
     """
-    if kind not in ("auto", "numeric", "math"):
-        raise ValueError(f"kind must be auto, numeric or math, got {kind!r}")
+    _check_rule(kind, answer_rule, require_single_marker)
 
     def reward_fn(completions: list[str], golds: list, rollout=None) -> list[RewardResult]:
         """`rollout` is accepted for the trainer's interface; text rewards ignore it."""
         if len(completions) != len(golds):
             raise ValueError(f"{len(completions)} completions but {len(golds)} golds")
-        return [score(c, g, kind=kind, marker=marker, require_single_marker=require_single_marker)
-                for c, g in zip(completions, golds)]
+        return [score(c, g, kind=kind, marker=marker, require_single_marker=require_single_marker,
+                      answer_rule=answer_rule) for c, g in zip(completions, golds)]
 
     return reward_fn

@@ -201,7 +201,7 @@ class FakeModels:
                                 available=False, source="missing: python cli.py models pull qwen2.5-7b")]
 
     @classmethod
-    def pull_model(cls, name, out_dir):
+    def pull_model(cls, name, out_dir, **options):
         if name != "tiny":
             raise cls.ModelNotAvailable(f"model preset '{name}' is not available here; run: pip install x")
         cls.pulled.append(out_dir)

@@ -4,13 +4,13 @@ import json
 import operator
 import re
 import sys
-import types
 
 import pytest
 
 from tarpo.data import (DataError, ReadReport, Record, build_prompt, dedupe, default_system_prompt,
                         drop_overlap, gold_text, load_splits, normalize_prompt, read_gsm8k, read_hub,
                         read_math, read_prepared, read_reasoning_gym, read_table, synthetic_problems)
+from tarpo.rewards import score
 
 GSM8K_ROWS = [
     {"question": "Natalia sold 48 clips in April and half as many in May. How many in total?",
@@ -148,39 +148,103 @@ def test_generic_parquet(tmp_path):
     assert read_table(path)[0].answer == "9"
 
 
-def test_hub_without_datasets_names_local_alternative(monkeypatch):
-    monkeypatch.setitem(sys.modules, "datasets", None)  # import fails as if not installed
-    with pytest.raises(DataError, match="pip install datasets.*data.source to 'jsonl'"):
-        read_hub("openai/gsm8k", split="train", config="main")
+class FakeHub:
+    """Stands in for `datasets` (the hub download is the one thing that cannot run here)."""
+
+    def __init__(self, tables):
+        self.tables, self.calls = tables, []
+
+    def load_dataset(self, name, config=None, split=None):
+        self.calls.append((name, config, split))
+        if (name, split) not in self.tables:
+            raise ConnectionError(f"Couldn't reach {name}\nsecond line of the error")
+        return list(self.tables[(name, split)])
 
 
-def test_hub_offline_names_local_alternative(monkeypatch):
-    def load_dataset(*args, **kwargs):
-        raise ConnectionError("no network")
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    with pytest.raises(DataError, match="offline\\? download the files"):
-        read_hub("openai/gsm8k", split="train", config="main")
+def _gsm8k_hub_rows(prefix, n):
+    return [{"question": f"{prefix} question {i}?", "answer": f"work\n#### {i}"} for i in range(n)]
 
 
-def test_hub_rows(monkeypatch):
+def test_hub_rows_table_schema(monkeypatch):
     rows = [{"question": "q1", "answer": "w #### 7"}, {"question": "q2", "answer": "w #### "}]
-    monkeypatch.setitem(sys.modules, "datasets",
-                        types.SimpleNamespace(load_dataset=lambda *a, **k: rows))
+    monkeypatch.setitem(sys.modules, "datasets", FakeHub({("openai/gsm8k", "train"): rows}))
     report = ReadReport()
     records = read_hub("openai/gsm8k", split="train", report=report)
     assert [(r.answer, r.source) for r in records] == [("7", "gsm8k")]
-    assert report.problems == ["openai/gsm8k/train:2: empty answer"]
+    assert report.problems == ["openai/gsm8k/train:2: empty answer in field 'answer'"]
 
 
-def test_reasoning_gym_optional(monkeypatch):
-    monkeypatch.setitem(sys.modules, "reasoning_gym", None)
-    with pytest.raises(DataError, match="pip install reasoning-gym"):
+def test_gsm8k_without_train_path_reads_the_hub(monkeypatch):
+    hub = FakeHub({("openai/gsm8k", "train"): _gsm8k_hub_rows("train", 6),
+                   ("openai/gsm8k", "test"): _gsm8k_hub_rows("test", 3)})
+    monkeypatch.setitem(sys.modules, "datasets", hub)
+    splits = load_splits(source="gsm8k")
+    assert hub.calls == [("openai/gsm8k", "main", "train"), ("openai/gsm8k", "main", "test")]
+    assert [r.answer for r in splits.eval] == ["0", "1", "2"] and len(splits.train) == 6
+    assert splits.train[0].source == "gsm8k" and splits.train[0].solution.endswith("#### 0")
+    assert splits.train[0].id == "gsm8k-train-1" and splits.eval[0].id == "gsm8k-test-1"
+
+
+def test_math_without_train_path_reads_the_hub(monkeypatch):
+    rows = lambda split: [{"problem": f"{split} p{i}", "solution": f"so \\boxed{{{i}}}"} for i in range(3)]  # noqa: E731
+    hub = FakeHub({("DigitalLearningGmbH/MATH-lighteval", "train"): rows("train"),
+                   ("DigitalLearningGmbH/MATH-lighteval", "test"): rows("test"),
+                   ("me/math", "train"): rows("mine"), ("me/math", "test"): rows("mine-test")})
+    monkeypatch.setitem(sys.modules, "datasets", hub)
+    default = load_splits(source="math")
+    assert [r.answer for r in default.eval] == ["0", "1", "2"] and default.eval[0].source == "math"
+    mine = load_splits(source="math", hub={"name": "me/math", "config": "all"})
+    assert hub.calls[-2:] == [("me/math", "all", "train"), ("me/math", "all", "test")]
+    assert mine.train[0].prompt == "mine p0"
+
+
+@pytest.mark.parametrize("datasets_module", [None, FakeHub({})], ids=["not-installed", "unreachable"])
+@pytest.mark.parametrize("source", ["gsm8k", "math"])
+def test_real_source_without_file_or_hub_is_one_line_naming_both_fixes(monkeypatch, datasets_module, source):
+    monkeypatch.setitem(sys.modules, "datasets", datasets_module)
+    with pytest.raises(DataError) as err:
+        load_splits(source=source)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"data.source {source} without data.train_path" in message
+    assert "set data.train_path=" in message and "make the hub reachable (pip install datasets" in message
+    assert ("not installed" if datasets_module is None else "ConnectionError: Couldn't reach") in message
+
+
+def test_source_hub_unreachable_names_local_alternative(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", FakeHub({}))
+    with pytest.raises(DataError, match="data.hub_name: hub dataset 'x/y'.*set data.source to 'jsonl'"):
+        load_splits(source="hub", hub={"name": "x/y"})
+
+
+def test_reasoning_gym_gsm_symbolic_real_reader():
+    """The real package (pinned in requirements.txt): golds checked by reasoning-gym's own scorer."""
+    import reasoning_gym
+
+    records = read_reasoning_gym("gsm_symbolic", size=4, seed=7)
+    assert records == read_reasoning_gym("gsm_symbolic", size=4, seed=7)  # seeded
+    assert records != read_reasoning_gym("gsm_symbolic", size=4, seed=8)
+    dataset = reasoning_gym.create_dataset("gsm_symbolic", size=4, seed=7)
+    for record, entry in zip(records, dataset):
+        assert record.prompt == entry["question"] and record.source == "gsm_symbolic"
+        assert dataset.score_answer(answer=record.answer, entry=entry) == 1.0
+        assert score(record.solution, record.answer, kind="numeric").reward == 1.0  # warm-up solution
+    assert [r.id for r in records] == [f"gsm_symbolic-7-{i}" for i in range(4)]
+
+
+def test_reasoning_gym_splits_are_disjoint():
+    splits = load_splits(source="reasoning-gym", reasoning_gym_dataset="gsm_symbolic", train_size=12,
+                         eval_size=4, seed=0)
+    assert len(splits.eval) == 4 and 0 < len(splits.train) <= 12
+    assert not {normalize_prompt(r.prompt) for r in splits.train} & {normalize_prompt(r.prompt) for r in splits.eval}
+
+
+def test_reasoning_gym_missing_or_unknown_dataset(monkeypatch):
+    with pytest.raises(DataError, match="data.reasoning_gym.dataset: 'no_such_task'"):
+        read_reasoning_gym("no_such_task", size=2, seed=0)
+    monkeypatch.setitem(sys.modules, "reasoning_gym", None)  # import fails as if not installed
+    with pytest.raises(DataError, match=re.escape("pip install reasoning-gym==0.1.25")):
         read_reasoning_gym("gsm_symbolic", size=2, seed=0)
-    fake = types.SimpleNamespace(create_dataset=lambda name, size, seed: [
-        {"question": f"{name} {seed} {i}", "answer": str(i), "metadata": {}} for i in range(size)])
-    monkeypatch.setitem(sys.modules, "reasoning_gym", fake)
-    records = read_reasoning_gym("basic_arithmetic", size=3, seed=5)
-    assert [r.answer for r in records] == ["0", "1", "2"] and records[0].source == "basic_arithmetic"
 
 
 # ---------------------------------------------------------------- hygiene
@@ -223,7 +287,105 @@ def test_load_splits_errors():
     with pytest.raises(DataError, match="data.source: unknown source 'csv'"):
         load_splits(source="csv", train_path="x")
     with pytest.raises(DataError, match="data.train_path: required"):
-        load_splits(source="gsm8k")
+        load_splits(source="jsonl")
+
+
+# ---------------------------------------------------------------- ids, prompt types, degenerate splits
+
+def test_duplicate_ids_name_both_lines(tmp_path):
+    path = write_jsonl(tmp_path / "mine.jsonl", [{"question": "a?", "answer": "1", "key": "k1"},
+                                                 {"question": "b?", "answer": "2", "key": "k2"},
+                                                 {"question": "c?", "answer": "3", "key": "k1"}])
+    with pytest.raises(DataError, match=re.escape(f"{path}:3: duplicate id 'k1' (first at {path}:1)")):
+        read_table(path, fields={"id": "key", "prompt": "question"})
+    math = write_jsonl(tmp_path / "m.jsonl", [{"problem": "p", "answer": "1", "unique_id": "u"},
+                                             {"problem": "q", "answer": "2", "unique_id": "u"}])
+    with pytest.raises(DataError, match=re.escape(f"{math}:2: duplicate id 'u' (first at {math}:1)")):
+        read_math(math)
+    prepared = write_jsonl(tmp_path / "eval.jsonl", [Record("x", "p", "1", "s").to_dict(),
+                                                     Record("x", "q", "2", "s").to_dict()])
+    with pytest.raises(DataError, match=re.escape(f"{prepared}:2: duplicate id 'x' (first at {prepared}:1)")):
+        read_prepared(prepared)
+
+
+@pytest.mark.parametrize("prompt,kind", [({"text": "q"}, "dict"), (["q"], "list"), (12, "int"), (1.5, "float"),
+                                         (True, "bool")])
+def test_non_string_prompts_are_rejected_with_file_line(tmp_path, prompt, kind):
+    path = write_jsonl(tmp_path / "g.jsonl", GSM8K_ROWS + [{"question": prompt, "answer": "#### 3"}])
+    with pytest.raises(DataError, match=re.escape(f"{path}:3: field 'question' must be text, got {kind}")):
+        read_gsm8k(path, malformed="fail")
+    report = ReadReport()
+    assert len(read_gsm8k(path, malformed="skip", report=report)) == 2 and report.skipped == 1
+    table = write_jsonl(tmp_path / "t.jsonl", [{"prompt": prompt, "answer": "3"}])
+    with pytest.raises(DataError, match=re.escape(f"{table}:1: field 'prompt' must be text")):
+        read_table(table, malformed="fail")
+
+
+def test_dict_answer_is_rejected_not_stringified(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "q", "answer": {"value": 3}}])
+    with pytest.raises(DataError, match=re.escape(f"{path}:1: field 'answer' must be text, a number or a list")):
+        read_table(path, malformed="fail")
+
+
+def _rows(n, start=0):
+    return [{"question": f"Question {i}?", "answer": f"#### {i}"} for i in range(start, start + n)]
+
+
+@pytest.mark.parametrize("case", ["empty", "blank", "all-skipped", "one-row", "same-file", "not-above-eval-size",
+                                  "empty-eval-file", "train-all-overlap", "directory"])
+def test_degenerate_splits_are_one_clear_error(tmp_path, case):
+    train, other = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    kwargs, expected = {}, ""
+    if case == "empty":
+        train.write_text("")
+        expected = f"{train}: no records (empty or blank); point data.train_path at a file"
+    elif case == "blank":
+        train.write_text("\n  \n\t\n")
+        expected = f"{train}: no records (empty or blank)"
+    elif case == "all-skipped":
+        write_jsonl(train, [{"question": "q", "answer": "no marker"}, {"answer": "#### 1"}])
+        kwargs = {"malformed": "skip"}
+        expected = (f"{train}: all 2 rows were malformed and skipped (first: {train}:1: answer has no '#### N' "
+                    "final line)")
+    elif case == "one-row":
+        write_jsonl(train, _rows(1))
+        expected = f"{train}: 1 record(s), not more than the 1 held out for evaluation"
+    elif case == "same-file":
+        write_jsonl(train, _rows(5))
+        kwargs = {"eval_path": str(tmp_path / "." / "train.jsonl")}
+        expected = "data.eval_path: " + str(tmp_path / "." / "train.jsonl") + " is the training file"
+    elif case == "not-above-eval-size":
+        write_jsonl(train, _rows(5))
+        kwargs = {"eval_size": 5}
+        expected = f"{train}: 5 record(s), not more than the 5 held out for evaluation; add records, lower data.eval_size"
+    elif case == "empty-eval-file":
+        write_jsonl(train, _rows(5))
+        other.write_text("\n")
+        kwargs = {"eval_path": str(other)}
+        expected = f"{other}: no records (empty or blank); point data.eval_path at a file"
+    elif case == "train-all-overlap":
+        write_jsonl(train, _rows(3))
+        write_jsonl(other, _rows(3))
+        kwargs = {"eval_path": str(other)}
+        expected = "the train split is empty after dropping 0 duplicates and 3 prompts that are also in the eval set"
+    else:
+        train.mkdir()
+        expected = f"{train}: is a directory"
+    with pytest.raises(DataError) as err:
+        load_splits(source="gsm8k", train_path=str(train), **kwargs)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_two_row_file_splits_one_and_one(tmp_path):
+    splits = load_splits(source="gsm8k", train_path=str(write_jsonl(tmp_path / "t.jsonl", _rows(2))))
+    assert (len(splits.train), len(splits.eval)) == (1, 1)
+
+
+@pytest.mark.parametrize("source,extra", [("synthetic", {}), ("reasoning-gym", {"reasoning_gym_dataset": "x"}),
+                                          ("hub", {"hub": {"name": "a/b"}}), ("gsm8k", {})])
+def test_eval_path_ignored_by_the_source_is_an_error(source, extra):
+    with pytest.raises(DataError, match="data.eval_path: "):
+        load_splits(source=source, eval_path="eval.jsonl", **extra)
 
 
 # ---------------------------------------------------------------- synthetic

