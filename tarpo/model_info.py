@@ -39,7 +39,7 @@ def estimate_parameters(config: dict) -> float | None:
 
     >>> estimate_parameters({"vocab_size": 10, "hidden_size": 4, "num_hidden_layers": 1, "intermediate_size": 8,
     ...                      "num_attention_heads": 2, "num_key_value_heads": 1, "tie_word_embeddings": True})
-    168.0
+    184.0
     """
     try:
         hidden, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]

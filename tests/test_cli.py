@@ -82,7 +82,7 @@ BAD_CASES = {
         "name it in the prompt or set reward.answer_rule=marker-or-boxed"]),
     "eval_path_ignored": ("data: {eval_path: mine.jsonl}\n", [], [
         "data.eval_path: mine.jsonl would be ignored: source=synthetic makes its own eval split; remove "
-        "data.eval_path or use source jsonl/parquet/gsm8k/math"]),
+        "data.eval_path, or set data.train_path for local files"]),
     "tiny_with_path": ("model: {path: /somewhere}\n", [], [
         "model.path: /somewhere is set together with model.preset=tiny; a local model is described by its own "
         "config: set model.preset=null (or use --model DIR)"]),

@@ -31,16 +31,59 @@ def test_stage_order_and_commands():
 def test_outputs_match_paths_module():
     assert _written("prepare") == {paths.PREPARED_DIR, paths.PREPARE_METRICS}
     assert _written("warmup") == {paths.WARMUP_DIR, paths.WARMUP_METRICS, paths.WARMUP_PLOT}
-    assert _written("train") == {paths.CHECKPOINT_DIR, paths.TRAINED_DIR, paths.RUN_INFO, paths.TRAIN_METRICS,
-                                 paths.TRAIN_PLOT}
-    assert _written("evaluate") == {paths.EVAL_DIR, paths.EVAL_METRICS, paths.EVAL_PLOT}
+    assert _written("train") == {paths.TRAINED_DIR, paths.RUN_INFO, paths.TRAIN_METRICS, paths.TRAIN_PLOT,
+                                 paths.TRAIN_FIGURE}
+    assert _written("evaluate") == {paths.EVAL_DIR, paths.EVAL_METRICS, paths.EVAL_PLOT, paths.EVAL_FIGURE}
     assert _written("register") == {paths.REGISTER_INFO}
     assert paths.TRAIN_DATA.startswith(paths.PREPARED_DIR + "/") and paths.EVAL_DATA.startswith(paths.PREPARED_DIR + "/")
 
 
-def test_checkpoints_survive_a_killed_run():
-    entry = next(e for e in STAGES["train"]["outs"] if isinstance(e, dict) and paths.CHECKPOINT_DIR in e)
-    assert entry[paths.CHECKPOINT_DIR]["persist"] is True
+def test_checkpoints_are_no_output_so_a_killed_run_resumes_and_the_run_cache_works():
+    """DVC deletes a stage's outputs before running it, and an uncached (cache: false) output turns the run-cache
+    off for the stage: checkpoints/ is a side effect that git and DVC ignore, never an output."""
+    for name, stage in STAGES.items():
+        assert paths.CHECKPOINT_DIR not in _written_all(stage)
+        if name == "register":   # its effect is in the MLflow registry: it must run, never be restored from cache
+            continue
+        for entry in stage.get("outs", []):
+            assert not isinstance(entry, dict) or next(iter(entry.values())).get("cache", True), entry
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert f"/{paths.CHECKPOINT_DIR}/" in ignored
+
+
+def _written_all(stage: dict) -> set[str]:
+    return _names(stage.get("outs")) | _names(stage.get("metrics")) | _names(stage.get("plots"))
+
+
+def _params(stage: str) -> set[str]:
+    return {p.split("#")[0].strip() for p in STAGES[stage]["params"]}
+
+
+def _covers(params: set[str], key: str) -> bool:
+    """True when `key` (dotted) is a declared param or inside a declared section."""
+    parts = key.split(".")
+    return any(".".join(parts[:i]) in params for i in range(1, len(parts) + 1))
+
+
+LOGGING_ONLY = ("train.checkpoint_every", "train.keep_checkpoints", "train.log_samples_every", "tracking.run_name")
+
+
+def test_logging_only_keys_rerun_nothing_and_training_keys_rerun_train_onwards():
+    for stage in STAGES:
+        for key in LOGGING_ONLY:
+            assert not _covers(_params(stage), key), f"{stage} reruns when {key} changes"
+    for key in ("train.lr", "router.loss_weight", "rollout.group_size", "reward.answer_rule"):
+        assert _covers(_params("train"), key), key
+        assert not _covers(_params("prepare"), key) and not _covers(_params("warmup"), key), key
+    assert _covers(_params("evaluate"), "eval.num_samples") and not _covers(_params("train"), "eval.num_samples")
+
+
+def test_every_train_key_that_changes_the_trajectory_is_a_param_of_train():
+    from tarpo.config import TrainConfig
+
+    for name in TrainConfig.model_fields:
+        key = f"train.{name}"
+        assert _covers(_params("train"), key) != (key in LOGGING_ONLY), key
 
 
 def test_data_deps_are_upstream_outputs():

@@ -56,3 +56,29 @@ def test_dvc_repro_end_to_end_then_nothing_to_do(repo_copy: Path):
     assert "Running stage" not in second.stdout, second.stdout
     status = run([*DVC, "status"], repo_copy)
     assert "up to date" in status.stdout.lower(), status.stdout
+
+    # Precise params: a logging-only key changes no stage; train.lr changes train (evaluate and register follow
+    # it through train's outputs); an eval key changes evaluate alone.
+    import yaml
+
+    original = (repo_copy / "params.yaml").read_text()
+    for key, value, changed in ((("train", "log_samples_every"), 7, set()), (("tracking", "run_name"), "x", set()),
+                                (("train", "checkpoint_every"), 9, set()), (("train", "lr"), 0.0123, {"train"}),
+                                (("eval", "seed"), 99, {"evaluate"})):
+        params = yaml.safe_load(original)
+        params[key[0]][key[1]] = value
+        (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        report = json.loads(run([*DVC, "status", "--json"], repo_copy).stdout or "{}")
+        assert set(report) == changed, (key, report)
+    (repo_copy / "params.yaml").write_text(original)
+
+    # Readable runs: named after model, mode and seed; stages appended; PNG plots and sample pages logged.
+    assert recorded.info.run_name == "tiny-tarpo-s42"
+    assert recorded.data.tags["tarpo.stages"].split(",")[:2] == ["train", "evaluate"]
+    plots = {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert {"plots/train.png", "plots/eval.png"} <= plots, plots
+    pages = {a.path for a in client.list_artifacts(run_id, "eval")}
+    assert {"eval/tarpo.html", "eval/warmup.html", "eval/eval_set.json"} <= pages, pages
+    assert len(recorded.data.tags["eval.set_hash"]) == 16
+    page = (repo_copy / paths.EVAL_DIR / "tarpo.html").read_text()
+    assert "gold: <b>" in page and page.count("<section>") == 3
