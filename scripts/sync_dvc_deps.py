@@ -1,4 +1,9 @@
-"""Rewrite the .py code deps of every dvc.yaml stage to exactly the modules its command imports."""
+"""Rewrite the .py code deps of every dvc.yaml stage to exactly the modules its command imports.
+
+    python scripts/sync_dvc_deps.py      # from the repo root, after adding or removing an import
+
+tests/test_dvc_yaml.py computes the same list (its `repo_imports`) and fails when dvc.yaml drifts from it.
+"""
 import re, sys
 from pathlib import Path
 sys.path.insert(0, ".")

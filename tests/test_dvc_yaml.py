@@ -143,4 +143,5 @@ def test_code_deps_are_exactly_the_imported_modules():
     for stage, s in STAGES.items():
         declared = {d for d in _names(s["deps"]) if d.endswith(".py")}
         expected = repo_imports([f"pipeline/{stage}.py", "tarpo/config.py", *CLI_IMPORTS.get(stage, [])]) | {"cli.py"}
-        assert declared == expected, f"{stage}: missing {sorted(expected - declared)}, extra {sorted(declared - expected)}"
+        assert declared == expected, (f"{stage}: missing {sorted(expected - declared)}, extra "
+                                      f"{sorted(declared - expected)}; run python scripts/sync_dvc_deps.py")
