@@ -201,11 +201,13 @@ def test_advantages_use_each_prompts_own_group(tmp_path):
     torch.testing.assert_close(captured["adv"], expected, rtol=0, atol=1e-5)
 
 
-def test_filtered_sampling_with_a_perturbed_adapter_trains_finitely(tmp_path):
+@pytest.mark.parametrize("filters", [dict(top_k=40, top_p=0.9), dict(top_k=40), dict(top_p=0.9), dict()],
+                         ids=["both", "top-k", "top-p", "none"])
+def test_filtered_sampling_with_a_perturbed_adapter_trains_finitely(tmp_path, filters):
     """The stress run of issue 11: tau 0.8, top-k 40, top-p 0.9, policy != reference, two iterations per
     rollout (old log-probs from the rollout record): every step finite, none skipped, the KL of normal size."""
     trainer = in_process_trainer(tmp_path, first_token_even, iterations=2, beta=0.005, perturb=0.05, steps=3,
-                                 lr=1e-4, top_k=40, top_p=0.9, temperature=0.8)
+                                 lr=1e-4, temperature=0.8, **filters)
     rows = []
     trainer.train(on_step=lambda step, metrics: rows.append(metrics), progress=False)
     assert len(rows) == 3 and trainer.state.skipped_steps == 0
