@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline import paths
+from tarpo.errors import read_json, with_filename
+from tarpo.io import umask_mode
 
 
 def write_dir_atomic(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
@@ -19,12 +21,15 @@ def write_dir_atomic(out_dir: str | Path, write: Callable[[Path], None]) -> Path
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        tmp.chmod(umask_mode(0o777))  # mkdtemp makes 0700; outputs get the permissions mkdir would give
         write(tmp)
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         if out_dir.exists():
             os.replace(out_dir, old)
         os.replace(tmp, out_dir)
         shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        raise with_filename(exc, out_dir) if exc.errno == errno.ENOSPC else exc  # the output, not the temporary
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
@@ -33,9 +38,9 @@ def write_dir_atomic(out_dir: str | Path, write: Callable[[Path], None]) -> Path
 def warmup_model_dir(warmup_dir: str | Path = paths.WARMUP_DIR) -> Path | None:
     """The warmed-up HF model dir when the warm-up stage ran, None when it was skipped (use the preset)."""
     marker = Path(warmup_dir) / paths.WARMUP_MARKER
-    if not marker.is_file():
+    if not marker.exists():
         raise FileNotFoundError(f"{marker}: missing; run the warmup stage first (python cli.py warmup)")
-    return Path(warmup_dir) if json.loads(marker.read_text()).get("ran") else None
+    return Path(warmup_dir) if read_json(marker, stage="warmup").get("ran") else None
 
 
 def require_file(path: str | Path, stage: str) -> Path:

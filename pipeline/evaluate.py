@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline import paths
 from pipeline.common import chat_prompts, check_tracking, open_run, require_file, warmup_model_dir
+from tarpo.errors import read_json
 from tarpo.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 MODELS = ("warmup", "tarpo")
@@ -79,17 +80,21 @@ def run_evaluate(*, cfg, eval_path: str | Path = paths.EVAL_DATA, warmup_dir: st
                  plot_path: str | Path = paths.EVAL_PLOT, models_dir: str | Path = paths.MODELS_DIR,
                  log=print) -> dict[str, float]:
     """Evaluate both models, write metrics/jsonl/plot, log to the training run; returns the flat metrics."""
-    import json
-
-    from tarpo.data import read_prepared
+    from tarpo.data import DataError, read_prepared
+    from tarpo.tracking import check_run
     from tarpo.factory import load_policy
 
     check_tracking(cfg.tracking)
     records = read_prepared(require_file(eval_path, "prepare"))
     if cfg.eval.max_problems:
         records = records[:cfg.eval.max_problems]
+    if not records:
+        raise DataError(f"{eval_path}: no records to evaluate; re-run `python cli.py prepare`")
     require_file(Path(trained_dir) / "router.safetensors", "train")
     base = warmup_model_dir(warmup_dir)
+    run_id = read_json(run_info_path, stage="train").get("run_id") if Path(run_info_path).exists() else None
+    if run_id and cfg.tracking.enabled:  # before any work: nothing is written when the run cannot be logged to
+        check_run(cfg.tracking, run_id)
     results, metrics = {}, {}
     for name, trained in (("warmup", None), ("tarpo", trained_dir)):
         policy, tokenizer, _ = load_policy(cfg.model, cfg.router, seed=cfg.train.seed, base_path=base,
@@ -105,7 +110,6 @@ def run_evaluate(*, cfg, eval_path: str | Path = paths.EVAL_DATA, warmup_dir: st
     lines += [name + "," + ",".join(f"{metrics.get(f'{name}/{k}', 0.0):.6g}" for k in PLOT_KEYS) for name in MODELS]
     write_text_atomic(plot_path, "\n".join(lines) + "\n")
     write_json_atomic(metrics_path, metrics)
-    run_id = json.loads(Path(run_info_path).read_text()).get("run_id") if Path(run_info_path).is_file() else None
     if run_id and cfg.tracking.enabled:
         tracker = open_run(cfg.tracking, run_id=run_id, tags={}, stage="evaluate")
         tracker.log_metrics({"eval/" + k.replace("/", "_", 1): float(v) for k, v in metrics.items()})

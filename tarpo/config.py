@@ -26,7 +26,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-_STRICT = ConfigDict(extra="forbid", strict=True, validate_default=True)
+from tarpo.errors import read_text
+
+# allow_inf_nan=False: NaN and +-inf are rejected for every float field (a .inf router temperature trained silently)
+_STRICT = ConfigDict(extra="forbid", strict=True, validate_default=True, allow_inf_nan=False)
+SEED_MAX = 2**32 - 1  # numpy's limit; larger seeds overflowed deep inside a stage
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 _ALIAS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
@@ -91,7 +95,7 @@ class DataConfig(BaseModel):
         "fail", description="Records without prompt or parsable answer: fail, or skip and count them.")
     system_prompt: Optional[str] = Field(
         None, description="System prompt; null = built-in instruction naming rollout.answer_marker.")
-    seed: int = Field(0, description="Seed for generation, shuffling and the train/eval split.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for generation, shuffling and the train/eval split.")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="Synthetic generator.")
     reasoning_gym: ReasoningGymConfig = Field(default_factory=ReasoningGymConfig, description="reasoning-gym.")
 
@@ -221,7 +225,7 @@ class TrainConfig(BaseModel):
         None, ge=1, description="Micro-batches per optimizer step; null = derived (rollout batch / micro_batch_size"
         " / num_processes); if set it must equal that.")
     micro_batch_size: int = Field(16, ge=1, description="Completions per forward/backward pass per process; divides prompts_per_step x group_size / num_processes.")
-    seed: int = Field(42, description="Seed for sampling, data order and initialisation.")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed for sampling, data order and initialisation.")
     checkpoint_every: int = Field(250, ge=0, description="Steps between checkpoints; 0 = only at the end.")
     keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept on disk (oldest deleted).")
     max_nonfinite_steps: int = Field(3, ge=0, description="Consecutive non-finite losses tolerated (step skipped).")
@@ -241,7 +245,7 @@ class EvalConfig(BaseModel):
     batch_size: int = Field(16, ge=1, description="Sequences decoded together.")
     max_new_tokens: Optional[int] = Field(None, ge=1, description="null = rollout.max_new_tokens.")
     max_problems: Optional[int] = Field(None, ge=1, description="Evaluate the first N problems; null = all.")
-    seed: int = Field(1234, description="Seed for evaluation sampling.")
+    seed: int = Field(1234, ge=0, le=SEED_MAX, description="Seed for evaluation sampling.")
 
     @model_validator(mode="after")
     def _rules(self) -> "EvalConfig":
@@ -368,7 +372,8 @@ def _did_you_mean(name: str, choices: Sequence[str]) -> str:
 
 _TYPE_NAMES = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
                "string_type": "a string", "list_type": "a list", "model_type": "a mapping of keys",
-               "dict_type": "a mapping of keys", "float_parsing": "a number", "int_from_float": "an integer"}
+               "dict_type": "a mapping of keys", "float_parsing": "a number", "int_from_float": "an integer",
+               "finite_number": "a finite number"}
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
 
@@ -447,16 +452,16 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def _read_yaml(path: Path) -> dict:
     """Read the params file as a mapping, turning every file/YAML problem into a ConfigError line."""
-    if not path.is_file():
+    if not path.exists():  # a directory is named as such by read_text
         raise ConfigError([f"{path}: file not found (pass the params file, e.g. params.yaml)"])
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        data = yaml.load(read_text(path), Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError([f"{where}: YAML syntax error: {getattr(exc, 'problem', None) or exc}"]) from None
-    if data is None:
-        return {}
+    if data is None:  # an empty file is far more often a mistake than a wish for every default
+        raise ConfigError([f"{path}: empty params file; write `{{}}` to run on the built-in defaults"])
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: top level must be a mapping of sections (data:, model:, ...), "
                            f"got {type(data).__name__}"])

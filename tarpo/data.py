@@ -15,6 +15,7 @@ Where we deliberately depart from the reference (tarpo-reference.md §5-6):
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import re
@@ -23,6 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tarpo.errors import read_text
 from tarpo.rewards import DEFAULT_MARKER, last_boxed
 
 SOURCES = ("synthetic", "gsm8k", "math", "jsonl", "parquet", "hub", "reasoning-gym")
@@ -123,7 +125,7 @@ def clean_gsm8k_solution(text: str) -> str:
 
 def _iter_jsonl(path: Path, rows: _Rows) -> Iterator[tuple[str, dict]]:
     """(where, row) per non-blank line; bad JSON and non-objects are reported with path:line."""
-    with path.open(encoding="utf-8") as handle:
+    with io.StringIO(read_text(path), newline=None) as handle:  # names the file and byte offset of bad UTF-8
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
