@@ -209,8 +209,8 @@ def train(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model: 
             _launch(cfg, params, sets, model, resume, steps)
             return
         check_tracking(cfg.tracking)
-        if cfg.model.path is None:  # a missing preset must fail in seconds, before data or tracking work
-            _models().resolve_model(cfg.model.preset, None)
+        # a missing preset or a bad --model path must fail in seconds, before data, tracking or checkpoint work
+        _models().resolve_model(cfg.model.preset, cfg.model.path)
         with _sigterm_as_interrupt():  # a terminated run is closed as KILLED, not left RUNNING
             metrics = stage.run_train(cfg=cfg, resume=resume, params_path=params)
     if metrics:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import shutil
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline import paths
-from tarpo.errors import read_json, with_filename
+from tarpo.errors import InputError, read_json, with_filename
 from tarpo.io import umask_mode
 
 
@@ -29,7 +28,7 @@ def write_dir_atomic(out_dir: str | Path, write: Callable[[Path], None]) -> Path
         os.replace(tmp, out_dir)
         shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
-        raise with_filename(exc, out_dir) if exc.errno == errno.ENOSPC else exc  # the output, not the temporary
+        raise with_filename(exc, out_dir) if str(tmp) in str(exc.filename) else exc  # the output, not the temporary
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
@@ -46,6 +45,8 @@ def warmup_model_dir(warmup_dir: str | Path = paths.WARMUP_DIR) -> Path | None:
 def require_file(path: str | Path, stage: str) -> Path:
     """A clear one-line error naming the missing input and the stage that makes it."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a file; run `python cli.py {stage}` to rewrite it")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: input file not found; run `python cli.py {stage}` first (or `dvc repro`)")
     return path

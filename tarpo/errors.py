@@ -16,7 +16,8 @@ from typing import Any, Callable
 # errno -> what the user is told; anything else an OSError says is left to its traceback.
 _OS_PROBLEMS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                 errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-                errno.EISDIR: "is a directory, expected a file", errno.ENOTDIR: "a parent is not a directory"}
+                errno.EISDIR: "is a directory, expected a file", errno.ENOTDIR: "a parent is not a directory",
+                errno.EEXIST: "a file is in the way of a directory"}
 _DISK_FULL_TEXTS = ("No space left on device", "StorageFull")
 
 

@@ -28,7 +28,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Replace path with text atomically, creating parent directories."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:  # read-only, full: name the file the user knows
+        raise with_filename(exc, target)
     try:
         os.fchmod(fd, umask_mode(0o666))
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
