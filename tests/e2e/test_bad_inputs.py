@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -80,11 +81,17 @@ def _copy_file(src: str, dst: str) -> None:
 def forget_mlflow_stores() -> None:
     """MLflow caches one store (and its open sqlite connections) per URI string, and `sqlite:///mlflow.db` is
     relative: without this, a row in its own workspace copy would talk to the previous row's database."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     from mlflow.tracking._model_registry.registry import ModelRegistryStoreRegistry
     from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
 
     for registry in (TrackingStoreRegistry, ModelRegistryStoreRegistry):
         registry._get_store_with_resolved_uri.cache_clear()
+    for store in (SqlAlchemyStore, RegistryStore):  # engines (and their pooled connections) are cached by URI too
+        for engine in store._engine_map.values():
+            engine.dispose()
+        store._engine_map.clear()
 
 
 def snapshot(ws: Path) -> dict[str, str]:
@@ -479,7 +486,10 @@ def run_row(row: Row, ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr("transformers.utils.logging._tqdm_active", False)
     if row.fault is not None:
         row.fault(monkeypatch)
-    result = _invoke(argv)
+    with warnings.catch_warnings():  # library deprecation warnings are not ours; the real CLI runs with them off
+        warnings.simplefilter("ignore")
+        result = _invoke(argv)
+    forget_mlflow_stores()
     monkeypatch.undo()  # the fault must not reach the snapshot below
     after = snapshot(ws)
     lines = result.stderr.splitlines()
