@@ -38,7 +38,7 @@ ModelOption = Annotated[Optional[str], typer.Option(
 
 
 def _lazy_error_types(base: type[BaseException], names: tuple[tuple[str, str], ...]) -> tuple[type[BaseException], ...]:
-    """`base` plus the exception classes (module, name) that import; imported lazily (models pulls in torch)."""
+    """`base` plus the exception classes (module, name) of modules already imported (models pulls in torch)."""
     found: list[type[BaseException]] = [base]
     for module, name in names:  # a module never imported cannot have raised: no import (torch) on an error path
         if getattr(sys.modules.get(module), name, None) is not None:

@@ -28,7 +28,8 @@ def write_dir_atomic(out_dir: str | Path, write: Callable[[Path], None]) -> Path
         os.replace(tmp, out_dir)
         shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
-        raise with_filename(exc, out_dir) if str(tmp) in str(exc.filename) else exc  # the output, not the temporary
+        unnamed = exc.filename is None or str(tmp) in str(exc.filename)
+        raise with_filename(exc, out_dir) if unnamed else exc  # name the output, not its temporary sibling
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

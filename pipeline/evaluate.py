@@ -81,8 +81,8 @@ def run_evaluate(*, cfg, eval_path: str | Path = paths.EVAL_DATA, warmup_dir: st
                  log=print) -> dict[str, float]:
     """Evaluate both models, write metrics/jsonl/plot, log to the training run; returns the flat metrics."""
     from tarpo.data import DataError, read_prepared
-    from tarpo.tracking import check_run
     from tarpo.factory import load_policy
+    from tarpo.tracking import check_run
 
     check_tracking(cfg.tracking)
     records = read_prepared(require_file(eval_path, "prepare"))

@@ -46,7 +46,7 @@ def run_warmup(*, cfg, train_path: str | Path = paths.TRAIN_DATA, out_dir: str |
     records = [r for r in records if r.solution][:max(1, int(len(records) * cfg.warmup.train_fraction))]
     if not records:
         raise DataError(f"{train_path}: no record has a worked solution to warm up on; "
-                         "set warmup.enabled=false or use data.source=synthetic/gsm8k")
+                        "set warmup.enabled=false or use data.source=synthetic/gsm8k")
     device = default_device()
     resolved = resolve_model(cfg.model.preset, cfg.model.path, models_dir)
     model, tokenizer = load_model_and_tokenizer(resolved, dtype=resolve_dtype("float32", device), device=device)

@@ -11,7 +11,10 @@ Departures from plain `mlflow.log_params` / `log_metrics`, on purpose:
    but they break the UI's charts and `compare`.
 3. Resuming a run re-logs only changed params, as `param.changed.<key>` tags: MLflow params are
    immutable and a second, different value would raise at the end of a long run.
-4. `check_tracking_uri` fails in seconds with one line naming the URI, before any training starts.
+4. `check_tracking_uri` fails in seconds with one line naming the URI, before any training starts; a corrupt
+   store (not an SQLite file, or one MLflow cannot query) is one line too, never a SQLAlchemy traceback.
+5. A resumed run replays the steps after its checkpoint; a (metric, step) point already stored is not logged
+   again, so the curves have one point per step.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import sys
 import time
 import typing
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -42,9 +42,9 @@ import transformers  # noqa: F401,E402
 
 PROFILE = _merge(TEST_PROFILE, {"train": {"steps": 2, "keep_checkpoints": 2},
                                 "eval": {"num_samples": 2, "pass_k": [1], "max_problems": 2}})
+LARGE_FILE = 2 << 20                        # bytes; see _fingerprint
 LINKED_SUFFIXES = (".safetensors", ".pt")   # big, and only ever replaced, never edited in place
 DATA_BRANCH = "fixed on branch data"
-ROW = {"train": 0}
 
 
 # ----------------------------------------------------------------------------------------- workspace
@@ -94,13 +94,25 @@ def forget_mlflow_stores() -> None:
         store._engine_map.clear()
 
 
+def _fingerprint(path: Path) -> str:
+    """sha256 of the bytes; for large files (model weights) size, mtime and inode: every writer we have either
+    replaces a file (new inode) or writes into it (new mtime), and hashing 30 MB twice per row is most of the time."""
+    info = path.stat()
+    if info.st_size > LARGE_FILE:
+        return f"{info.st_size}:{info.st_mtime_ns}:{info.st_ino}"
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def snapshot(ws: Path) -> dict[str, str]:
-    """sha256 of every file under the workspace, by relative path."""
-    return {str(p.relative_to(ws)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(ws.rglob("*")) if p.is_file()}
+    """A fingerprint of every file under the workspace, by relative path."""
+    return {str(p.relative_to(ws)): _fingerprint(p) for p in sorted(ws.rglob("*")) if p.is_file()}
 
 
 # ------------------------------------------------------------------------------------ setup helpers
+def fresh_copy(ws: Path) -> None:
+    """Changes nothing: the row runs a stage far enough that a bug could write, so it gets its own copy."""
+
+
 def put(rel: str, content: str | bytes) -> Callable[[Path], None]:
     """Replace (never edit in place: the file may be hard-linked) `rel` with `content`."""
     def setup(ws: Path) -> None:
@@ -191,7 +203,6 @@ class Row:
     may_change: tuple[str, ...] = ()                       # path prefixes a row may legitimately rewrite
     lines: int = 1                                         # stderr lines (only the unavailable-preset help has more)
     xfail: str | None = None
-    marks: tuple = field(default=())
 
     @property
     def shared(self) -> bool:
@@ -284,9 +295,9 @@ MODEL_ROWS = [
     # The one multi-line message: where we looked and how to get the weights (first line names the preset).
     Row("model-unavailable-preset", ["train", "--model", "qwen2.5-7b"], "model preset 'qwen2.5-7b'", lines=9),
     Row("model-path-missing", ["train", "--model", "/nonexistent/model"], "--model: '/nonexistent/model' is neither a preset nor",
-        setup=lambda ws: None),
+        setup=fresh_copy),
     Row("model-path-no-config", ["train", "--model", "data"], "model path data has no config.json",
-        setup=lambda ws: None),
+        setup=fresh_copy),
     Row("model-path-two-ggufs", ["train", "--model", "ggufs"], "holds several .gguf files",
         setup=chain(put("ggufs/a.gguf", b"x"), put("ggufs/b.gguf", b"y"))),
 ]
@@ -405,13 +416,10 @@ INTERMEDIATE_ROWS = [
     Row("eval-metrics-nan-score", ["register"], "cannot rank a non-finite score",
         setup=put(paths.EVAL_METRICS, '{"tarpo/avg_at_k": NaN}')),
     Row("lora-targets-bad", ["train", "--set", "model.lora.targets=[nope_proj]"],
-        "model.lora.targets: ['nope_proj'] are not modules of this model"),
+        "model.lora.targets: ['nope_proj'] are not modules of this model", setup=fresh_copy),
     Row("lora-targets-bad-evaluate", ["evaluate", "--set", "model.lora.targets=[q_proj, fc9]"],
-        "model.lora.targets: ['fc9'] are not modules of this model", may_change=STORE),
+        "model.lora.targets: ['fc9'] are not modules of this model", setup=fresh_copy, may_change=STORE),
 ]
-# lora rows write nothing before the model is built, but they are stage runs: give them a copy.
-for _row in INTERMEDIATE_ROWS[-2:]:
-    _row.setup = lambda ws: None
 
 STORE_ROWS = [
     Row("store-garbage-train", ["train"], "mlflow.db is not an SQLite database", setup=put("mlflow.db", GARBAGE)),
@@ -423,9 +431,9 @@ STORE_ROWS = [
     Row("store-truncated-evaluate", ["evaluate"], "MLflow store sqlite:///mlflow.db cannot be used",
         setup=edit_bytes("mlflow.db", lambda b: b[:4096] + b"\xde\xad" * ((len(b) - 4096) // 2))),
     Row("store-unreachable-server", ["train", "--set", "tracking.uri=http://127.0.0.1:9"],
-        "MLflow tracking server http://127.0.0.1:9 is not reachable", setup=lambda ws: None),
+        "MLflow tracking server http://127.0.0.1:9 is not reachable", setup=fresh_copy),
     Row("store-dir-missing", ["evaluate", "--set", "tracking.uri=sqlite:///no/such/dir/m.db"],
-        "does not exist or is not writable", setup=lambda ws: None),
+        "does not exist or is not writable", setup=fresh_copy),
 ]
 
 CHECKPOINTS = (paths.CHECKPOINT_DIR, "mlflow.db")   # --no-resume and a changed hash clear checkpoints on purpose
@@ -595,3 +603,17 @@ def test_real_interpreter_exit_code_and_one_line(built: Path):
 def test_the_table_is_big_enough():
     ids = [r.id for r in ROWS + DISK_FULL_ROWS] + [k[0].id for k in KILL_ROWS]
     assert len(ids) == len(set(ids)) and len(ids) >= 120, len(ids)
+
+
+@pytest.mark.parametrize("bug", [KeyError("internal"), OSError(errno.EIO, "I/O error"), UnicodeDecodeError(
+    "utf-8", b"\xff", 0, 1, "invalid start byte")], ids=["KeyError", "EIO", "bare-UnicodeDecodeError"])
+def test_internal_bugs_keep_their_traceback(bug, tmp_path, monkeypatch):
+    """Only known user-caused failures become one line: anything else must reach the developer whole."""
+    def broken(**kwargs):
+        raise bug
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("{}\n")
+    monkeypatch.setattr("pipeline.prepare.run_prepare", broken)
+    result = _invoke(["prepare"])
+    assert result.exit_code == 1 and result.exception is bug
