@@ -578,6 +578,7 @@ KILL_ROWS = [
 ]
 
 
+@pytest.mark.slow  # a real process has to start, load the model and reach a checkpoint before it is killed
 @pytest.mark.parametrize("row,killed,remove,ready", [pytest.param(*k, id=k[0].id) for k in KILL_ROWS])
 def test_sigkill_loses_nothing(row, killed, remove, ready, built, tmp_path, monkeypatch):
     ws = copy_workspace(built, tmp_path / "ws")
