@@ -618,3 +618,27 @@ def test_internal_bugs_keep_their_traceback(bug, tmp_path, monkeypatch):
     monkeypatch.setattr("pipeline.prepare.run_prepare", broken)
     result = _invoke(["prepare"])
     assert result.exit_code == 1 and result.exception is bug
+
+
+@pytest.mark.slow
+def test_a_killed_run_that_is_not_resumed_is_marked_killed(built, tmp_path, monkeypatch):
+    """SIGKILL leaves the MLflow run RUNNING; the next train that does not continue it closes it as KILLED."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    ws = copy_workspace(built, tmp_path / "ws")
+    first = ws / paths.CHECKPOINT_DIR / "step-000001"
+    for rel in AFTER_WARMUP:
+        delete(rel)(ws)
+    _kill_when(["train", "--set", "train.steps=50"], ws, lambda: (first / "COMPLETE").is_file())
+    killed = json.loads((first / "trainer_state.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{ws}/mlflow.db")
+    assert client.get_run(killed).info.status == "RUNNING"
+    monkeypatch.chdir(ws)
+    forget_mlflow_stores()
+    result = _invoke(["train", "--no-resume", "--set", "train.steps=1"])
+    forget_mlflow_stores()
+    assert result.exit_code == 0, result.output
+    assert client.get_run(killed).info.status == "KILLED"
+    assert json.loads((ws / paths.RUN_INFO).read_text())["run_id"] != killed
