@@ -17,6 +17,7 @@ import typer
 
 from tarpo.config import (ConfigError, TarpoConfig, dump_yaml, load_config, load_config_with_sources, resolve_config,
                           shorthand_overrides)
+from tarpo.errors import disk_error_line
 
 USER_ERROR_EXIT = 2
 DEFAULT_PARAMS = Path("params.yaml")
@@ -38,19 +39,18 @@ ModelOption = Annotated[Optional[str], typer.Option(
 
 
 def _lazy_error_types(base: type[BaseException], names: tuple[tuple[str, str], ...]) -> tuple[type[BaseException], ...]:
-    """`base` plus the exception classes (module, name) that import; imported lazily (models pulls in torch)."""
+    """`base` plus the exception classes (module, name) of modules already imported (models pulls in torch)."""
     found: list[type[BaseException]] = [base]
-    for module, name in names:
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            pass
+    for module, name in names:  # a module never imported cannot have raised: no import (torch) on an error path
+        if getattr(sys.modules.get(module), name, None) is not None:
+            found.append(getattr(sys.modules[module], name))
     return tuple(found)
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
     """Exception classes whose message is meant for the user."""
-    return _lazy_error_types(ConfigError, (("tarpo.models", "ModelNotAvailable"), ("tarpo.router", "RouterLoadError")))
+    return _lazy_error_types(ConfigError, (("tarpo.models", "ModelNotAvailable"), ("tarpo.router", "RouterLoadError"),
+                                           ("tarpo.errors", "InputError")))
 
 
 @contextlib.contextmanager
@@ -171,7 +171,8 @@ def _stage_errors() -> tuple[type[BaseException], ...]:
     """Errors a stage raises for the user: missing inputs, unreachable tracking store, data problems."""
     return _lazy_error_types(FileNotFoundError, (
         ("tarpo.tracking", "TrackingUnavailable"), ("tarpo.data", "DataError"), ("pipeline.common", "BaseModelMismatch"),
-        ("pipeline.register", "RegisterError"), ("tarpo.checkpoint", "CheckpointError")))
+        ("pipeline.register", "RegisterError"), ("tarpo.checkpoint", "CheckpointError"),
+        ("tarpo.trainer", "TrainingError")))
 
 
 @contextlib.contextmanager
@@ -182,6 +183,12 @@ def stage_errors() -> Iterator[None]:
             yield
         except _stage_errors() as exc:
             typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(USER_ERROR_EXIT) from None
+        except Exception as exc:  # noqa: BLE001 - re-raised unless the user can fix it (disk full, read-only, ...)
+            line = disk_error_line(exc)
+            if line is None:
+                raise
+            typer.echo(line, err=True)
             raise typer.Exit(USER_ERROR_EXIT) from None
 
 
@@ -221,10 +228,31 @@ def train(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model: 
             _launch(cfg, params, sets, model, resume, steps)
             return
         check_tracking(cfg.tracking)
-        _models().resolve_model(cfg.model.preset, cfg.model.path)  # a missing model fails in seconds, before any work
-        metrics = stage.run_train(cfg=cfg, resume=resume, params_path=params)
+        # a missing preset or a bad --model path must fail in seconds, before data, tracking or checkpoint work
+        _models().resolve_model(cfg.model.preset, cfg.model.path)
+        with _sigterm_as_interrupt():  # a terminated run is closed as KILLED, not left RUNNING
+            metrics = stage.run_train(cfg=cfg, resume=resume, params_path=params)
     if metrics:
         typer.echo(f"trained {metrics.get('steps')} steps -> models/tarpo")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, so cleanup (`finally`) runs; the previous handler comes back after."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _launch(cfg: TarpoConfig, params: Path, sets, model, resume: bool, steps) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -11,6 +10,8 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline import paths
+from tarpo.errors import InputError, read_json, with_filename
+from tarpo.io import umask_mode
 
 
 def write_dir_atomic(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
@@ -19,12 +20,16 @@ def write_dir_atomic(out_dir: str | Path, write: Callable[[Path], None]) -> Path
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        tmp.chmod(umask_mode(0o777))  # mkdtemp makes 0700; outputs get the permissions mkdir would give
         write(tmp)
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         if out_dir.exists():
             os.replace(out_dir, old)
         os.replace(tmp, out_dir)
         shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        unnamed = exc.filename is None or str(tmp) in str(exc.filename)
+        raise with_filename(exc, out_dir) if unnamed else exc  # name the output, not its temporary sibling
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
@@ -47,7 +52,7 @@ def configured_base(cfg, models_dir: str | Path = paths.MODELS_DIR) -> dict:
 
 def read_warmup_marker(warmup_dir: str | Path = paths.WARMUP_DIR) -> dict | None:
     marker = Path(warmup_dir) / paths.WARMUP_MARKER
-    return json.loads(marker.read_text()) if marker.is_file() else None
+    return read_json(marker, stage="warmup") if marker.exists() else None
 
 
 def _describe(base: dict | None) -> str:
@@ -90,7 +95,7 @@ def choose_base(cfg, warmup_dir: str | Path = paths.WARMUP_DIR, models_dir: str 
 def check_trained_base(trained_dir: str | Path, base: dict) -> None:
     """Stop when models/tarpo was trained from other start weights than the ones this config selects."""
     info_path = Path(trained_dir) / paths.TRAINED_BASE
-    trained_on = json.loads(info_path.read_text()).get("base") if info_path.is_file() else None
+    trained_on = read_json(info_path, stage="train").get("base") if info_path.exists() else None
     if trained_on and trained_on.get("weights_sha256") != base["weights_sha256"]:
         raise BaseModelMismatch(f"{trained_dir} was trained from {_describe(trained_on)}, but the config selects "
                                 f"{_describe(base)}; use the params/--model it was trained with, or retrain")
@@ -99,6 +104,8 @@ def check_trained_base(trained_dir: str | Path, base: dict) -> None:
 def require_file(path: str | Path, stage: str) -> Path:
     """A clear one-line error naming the missing input and the stage that makes it."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a file; run `python cli.py {stage}` to rewrite it")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: input file not found; run `python cli.py {stage}` first (or `dvc repro`)")
     return path

@@ -17,6 +17,7 @@ from pathlib import Path
 from pipeline import paths
 from pipeline.common import (chat_prompts, check_tracking, check_trained_base, choose_base, configured_base,
                              count_long_prompts, open_run, require_file)
+from tarpo.errors import read_json
 from tarpo.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 MODELS = ("warmup", "tarpo")
@@ -117,18 +118,22 @@ def run_evaluate(*, cfg, eval_path: str | Path = paths.EVAL_DATA, warmup_dir: st
                  plot_path: str | Path = paths.EVAL_PLOT, figure_path: str | Path = paths.EVAL_FIGURE,
                  models_dir: str | Path = paths.MODELS_DIR, log=print) -> dict[str, float]:
     """Evaluate both models, write metrics/jsonl/html/plots, log to the training run; returns the flat metrics."""
-    import json
-
-    from tarpo.data import read_prepared
+    from tarpo.data import DataError, read_prepared
     from tarpo.factory import load_policy
+    from tarpo.tracking import check_run
 
     check_tracking(cfg.tracking)
     records = read_prepared(require_file(eval_path, "prepare"))
     if cfg.eval.max_problems:
         records = records[:cfg.eval.max_problems]
+    if not records:
+        raise DataError(f"{eval_path}: no records to evaluate; re-run `python cli.py prepare`")
     require_file(Path(trained_dir) / "router.safetensors", "train")
     base, base_record = choose_base(cfg, warmup_dir, models_dir, log)
     check_trained_base(trained_dir, base_record)
+    run_id = read_json(run_info_path, stage="train").get("run_id") if Path(run_info_path).exists() else None
+    if run_id and cfg.tracking.enabled:  # before any work: nothing is written when the run cannot be logged to
+        check_run(cfg.tracking, run_id)
     results, metrics = {}, {}
     for name, trained in (("warmup", None), ("tarpo", trained_dir)):
         policy, tokenizer, _ = load_policy(cfg.model, cfg.router, seed=cfg.train.seed, base_path=base,
@@ -152,7 +157,6 @@ def run_evaluate(*, cfg, eval_path: str | Path = paths.EVAL_DATA, warmup_dir: st
     save_png(eval_figure(metrics, MODELS, PLOT_KEYS, f"Held-out: {eval_set['num_problems']} problems x "
                                                      f"{cfg.eval.num_samples} samples"), figure_path)
     write_json_atomic(metrics_path, metrics)
-    run_id = json.loads(Path(run_info_path).read_text()).get("run_id") if Path(run_info_path).is_file() else None
     if run_id and cfg.tracking.enabled:
         tracker = open_run(cfg.tracking, run_id=run_id, tags={EVAL_SET_TAG: eval_set["hash"]}, stage="evaluate")
         tracker.log_metrics({"eval/" + k.replace("/", "_", 1): float(v) for k, v in metrics.items()})

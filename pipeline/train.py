@@ -24,6 +24,7 @@ from pathlib import Path
 from pipeline import paths
 from pipeline.common import (check_tracking, chat_prompts, choose_base, count_long_prompts, file_sha256, model_label,
                              open_run, require_file, write_dir_atomic)
+from tarpo.errors import InputError, read_jsonl_log
 from tarpo.io import write_json_atomic, write_text_atomic
 
 LAUNCHED_ENV = "TARPO_ACCELERATE_CHILD"   # set on processes started by launch_command
@@ -88,6 +89,9 @@ def prepare_checkpoints(checkpoint_dir: str | Path, digest: str, resume: bool, l
     root = Path(checkpoint_dir)
     stored = (root / HASH_FILE).read_text().strip() if (root / HASH_FILE).is_file() else None
     has_any = root.is_dir() and any(root.iterdir())
+    if has_any and resume and stored is None:  # never delete a run's checkpoints on a guess
+        raise InputError(f"{root / HASH_FILE}: missing, so {root}/ cannot be matched to these params; restore it, "
+                         f"or pass --no-resume to start fresh (removes {root}/)")
     if has_any and (not resume or stored != digest):
         why = "--no-resume" if not resume else f"params changed (checkpoint hash {str(stored)[:12]}, now {digest[:12]})"
         log(f"starting fresh: {why}; removing {root}/")
@@ -96,12 +100,12 @@ def prepare_checkpoints(checkpoint_dir: str | Path, digest: str, resume: bool, l
     write_text_atomic(root / HASH_FILE, digest + "\n")
 
 
-def _read_step_log(path: Path, upto: int) -> list[dict]:
+def _read_step_log(path: Path, upto: int, log=print) -> list[dict]:
     """Per-step rows already recorded, cut at the resumed step (rows after the checkpoint are replayed)."""
-    if not path.is_file():
+    if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["step"] <= upto]
+    rows = read_jsonl_log(path, stage="train --no-resume", warn=log)
+    return [r for r in rows if r.get("step", upto + 1) <= upto]
 
 
 def _plot_csv(rows: list[dict]) -> str:
@@ -138,6 +142,18 @@ def _open_train_run(tracking_cfg, run_id: str | None, tags: dict, log, run_name:
             raise
         log(f"{exc}; logging the resumed training to a new run")
         return open_run(tracking_cfg, run_id=None, tags=tags, stage="train", run_name=run_name)
+
+
+def _checkpoint_run_id(checkpoint_dir: Path) -> str | None:
+    """The tracking run recorded in the newest readable checkpoint, None when there is none."""
+    from tarpo.checkpoint import STATE_FILE, list_checkpoints
+
+    for directory in reversed(list_checkpoints(checkpoint_dir)):
+        try:
+            return json.loads((directory / STATE_FILE).read_text()).get("run_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
 
 
 # ------------------------------------------------------------------------------------ the stage
@@ -177,23 +193,29 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
               log=print, progress: bool = True) -> dict:
     """Train (resuming when possible), export the weights and write metrics; returns metrics/train.json."""
     check_tracking(cfg.tracking)
-    from tarpo.data import read_prepared
+    from tarpo.data import DataError, read_prepared
+    from tarpo.tracking import end_stale_run
 
     records = read_prepared(require_file(train_path, "prepare"))
+    if not records:
+        raise DataError(f"{train_path}: no records to train on; re-run `python cli.py prepare`")
     base, base_record = choose_base(cfg, warmup_dir, models_dir, log)
     checkpoint_dir = Path(checkpoint_dir)
     child = os.environ.get(LAUNCHED_ENV) == "1"
     digest = params_hash(cfg, train_path, warmup_dir, base_record)
     external = launched_externally()
+    # the model and LoRA targets are built and checked before checkpoints/ is touched
+    trainer, _ = build_trainer(cfg, records, base, checkpoint_dir, models_dir, log, params_hash=digest)
+    stale_run = _checkpoint_run_id(checkpoint_dir)
     if not child and not external:  # our launcher already did this before starting the processes
         prepare_checkpoints(checkpoint_dir, digest, resume, log)
-
-    trainer, _ = build_trainer(cfg, records, base, checkpoint_dir, models_dir, log, params_hash=digest)
     if external:  # started by the user's launcher (e.g. on several nodes): one process prepares, all wait
         if trainer.accelerator.is_main_process:
             prepare_checkpoints(checkpoint_dir, digest, resume, log)
         trainer.accelerator.wait_for_everyone()
     resumed = trainer.resume() if resume else False
+    step_log = checkpoint_dir / STEP_LOG
+    rows = _read_step_log(step_log, trainer.state.step, log)  # a bad log stops the stage before a run opens
     main = trainer.accelerator.is_main_process
     tracker = None
     if main:
@@ -207,6 +229,8 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
         run_id = getattr(tracker, "run_id", None)
         if run_id:
             trainer.state.run_id = run_id
+        if stale_run and stale_run != run_id:  # a killed run that is not continued must not stay RUNNING
+            end_stale_run(cfg.tracking, stale_run)
         if not resumed:
             from tarpo.config import flatten_config
 
@@ -215,8 +239,6 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
             if Path(params_path).is_file():
                 tracker.log_artifact(str(params_path))
         trainer.tracker = tracker
-    step_log = checkpoint_dir / STEP_LOG
-    rows = _read_step_log(step_log, trainer.state.step)
     if main:
         write_text_atomic(step_log, "".join(json.dumps(r) + "\n" for r in rows))
 
@@ -232,8 +254,11 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
     try:
         trainer.train(on_step=on_step, progress=progress)
         status = "FINISHED"
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (cli.py turns it into this)
+        status = "KILLED"
+        raise
     finally:
-        if tracker is not None and status == "FAILED":
+        if tracker is not None and status != "FINISHED":
             tracker.close(status)
     if not main:
         return {}

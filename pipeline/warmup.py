@@ -37,7 +37,7 @@ def run_warmup(*, cfg, train_path: str | Path = paths.TRAIN_DATA, out_dir: str |
     import torch
 
     from tarpo.config import resolve_dtype
-    from tarpo.data import read_prepared
+    from tarpo.data import DataError, read_prepared
     from tarpo.factory import default_device
     from tarpo.models import load_model_and_tokenizer, resolve_model
     from tarpo.warmup import WarmupSettings, supervised_warmup
@@ -45,8 +45,8 @@ def run_warmup(*, cfg, train_path: str | Path = paths.TRAIN_DATA, out_dir: str |
     records = read_prepared(require_file(train_path, "prepare"))
     records = [r for r in records if r.solution][:max(1, int(len(records) * cfg.warmup.train_fraction))]
     if not records:
-        raise ValueError(f"{train_path}: no record has a worked solution to warm up on; "
-                         "set warmup.enabled=false or use data.source=synthetic/gsm8k")
+        raise DataError(f"{train_path}: no record has a worked solution to warm up on; "
+                        "set warmup.enabled=false or use data.source=synthetic/gsm8k")
     device = default_device()
     resolved = resolve_model(cfg.model.preset, cfg.model.path, models_dir)
     model, tokenizer = load_model_and_tokenizer(resolved, dtype=resolve_dtype("float32", device), device=device)

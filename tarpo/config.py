@@ -23,7 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 
-_STRICT = ConfigDict(extra="forbid", strict=True, validate_default=True)
+# allow_inf_nan=False: NaN and +-inf are rejected for every float field (a .inf router temperature trained silently)
+_STRICT = ConfigDict(extra="forbid", strict=True, validate_default=True, allow_inf_nan=False)
+SEED_MAX = 2**32 - 1  # numpy's limit; larger seeds overflowed deep inside a stage
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 _ALIAS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _R = "; null = the recipe's value"  # suffix of every recipe key's description (tarpo/recipes.py)
@@ -94,7 +96,7 @@ class DataConfig(BaseModel):
         "fail", description="Records without prompt or parsable answer: fail, or skip and count them.")
     system_prompt: Optional[str] = Field(
         None, description=f"System prompt (\"\" = none); must name rollout.answer_marker for answer_rule=marker{_R}.")
-    seed: int = Field(0, description="Seed for generation, shuffling and the train/eval split.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for generation, shuffling and the train/eval split.")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="Synthetic generator.")
     reasoning_gym: ReasoningGymConfig = Field(default_factory=ReasoningGymConfig, description="reasoning-gym.")
 
@@ -237,7 +239,7 @@ class TrainConfig(BaseModel):
         " / num_processes); if set it must equal that.")
     micro_batch_size: Optional[int] = Field(None, ge=1, description="Completions per forward/backward pass per process; "
                                             f"divides prompts_per_step x group_size / num_processes{_R}.")
-    seed: int = Field(42, description="Seed for sampling, data order and initialisation.")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed for sampling, data order and initialisation.")
     checkpoint_every: Optional[int] = Field(None, ge=0, description=f"Steps between checkpoints; 0 = only at the end{_R}.")
     keep_checkpoints: Optional[int] = Field(None, ge=1, description=f"Checkpoints kept on disk (oldest deleted){_R}.")
     max_nonfinite_steps: int = Field(3, ge=0, description="Consecutive non-finite losses tolerated (step skipped).")
@@ -277,7 +279,7 @@ class EvalConfig(BaseModel):
     batch_size: Optional[int] = Field(None, ge=1, description=f"Sequences decoded together{_R}.")
     max_new_tokens: Optional[int] = Field(None, ge=1, description="null = rollout.max_new_tokens.")
     max_problems: Optional[int] = Field(None, ge=1, description=f"Evaluate the first N problems{_R} (which may be all).")
-    seed: int = Field(1234, description="Seed for evaluation sampling.")
+    seed: int = Field(1234, ge=0, le=SEED_MAX, description="Seed for evaluation sampling.")
 
     @model_validator(mode="after")
     def _rules(self) -> "EvalConfig":

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from tarpo.errors import read_text
 from tarpo.config import ConfigError, ModelConfig, TarpoConfig, _fail, _submodel, flatten_config
 from tarpo.recipes import Recipe, RecipeError, select_recipe
 
@@ -50,7 +51,8 @@ def _did_you_mean(name: str, choices: Sequence[str]) -> str:
 
 _TYPE_NAMES = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
                "string_type": "a string", "list_type": "a list", "model_type": "a mapping of keys",
-               "dict_type": "a mapping of keys", "float_parsing": "a number", "int_from_float": "an integer"}
+               "dict_type": "a mapping of keys", "float_parsing": "a number", "int_from_float": "an integer",
+               "finite_number": "a finite number"}
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
 
@@ -129,16 +131,16 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def _read_yaml(path: Path) -> dict:
     """Read the params file as a mapping, turning every file/YAML problem into a ConfigError line."""
-    if not path.is_file():
+    if not path.exists():  # a directory is named as such by read_text
         raise ConfigError([f"{path}: file not found (pass the params file, e.g. params.yaml)"])
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        data = yaml.load(read_text(path), Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError([f"{where}: YAML syntax error: {getattr(exc, 'problem', None) or exc}"]) from None
-    if data is None:
-        return {}
+    if data is None:  # an empty file is far more often a mistake than a wish for every default
+        raise ConfigError([f"{path}: empty params file; write `{{}}` to run on the built-in defaults"])
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: top level must be a mapping of sections (data:, model:, ...), "
                            f"got {type(data).__name__}"])

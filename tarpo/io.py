@@ -14,20 +14,35 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tarpo.errors import with_filename
+
+
+def umask_mode(mode: int) -> int:
+    """`mode` with the process umask applied: what open() or mkdir() would have created (mkstemp makes 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Replace path with text atomically, creating parent directories."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:  # read-only, full: name the file the user knows
+        raise with_filename(exc, target)
+    try:
+        os.fchmod(fd, umask_mode(0o666))
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            with_filename(exc, target)
         raise
     return target
 

@@ -425,9 +425,11 @@ def apply_lora(model, rank: int = 16, alpha: float = 32, dropout: float = 0.0,
 
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in targets if t not in present]
-    if missing:
-        raise ValueError(f"model.lora.targets: {missing} are not modules of this model; "
-                         f"e.g. {', '.join(t for t in DEFAULT_LORA_TARGETS if t in present)}")
+    if missing:  # a params problem found only once the model is built: reported like the other params problems
+        from tarpo.config import ConfigError
+
+        raise ConfigError([f"model.lora.targets: {missing} are not modules of this model; "
+                           f"e.g. {', '.join(t for t in DEFAULT_LORA_TARGETS if t in present)}"])
     config = LoraConfig(task_type="CAUSAL_LM", r=rank, lora_alpha=alpha, lora_dropout=dropout,
                         target_modules=list(targets))
     return get_peft_model(model, config)

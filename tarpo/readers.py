@@ -16,10 +16,12 @@ Where we deliberately depart from the reference (tarpo-reference.md §5-6):
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+from tarpo.errors import read_text
 from tarpo.records import (DataError, ReadReport, Record, Rows, UniqueIds, clean_gsm8k_solution, gold_from_answer,
                            gold_text)
 from tarpo.rewards import DEFAULT_MARKER, last_boxed
@@ -41,7 +43,7 @@ class HubUnavailable(DataError):
 
 def iter_jsonl(path: Path, rows: Rows) -> Iterator[tuple[str, dict]]:
     """(where, row) per non-blank line; bad JSON and non-objects are reported with path:line."""
-    with path.open(encoding="utf-8") as handle:
+    with io.StringIO(read_text(path), newline=None) as handle:  # names the file and byte offset of bad UTF-8
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue

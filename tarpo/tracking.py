@@ -11,11 +11,15 @@ Departures from plain `mlflow.log_params` / `log_metrics`, on purpose:
    but they break the UI's charts and `compare`.
 3. Resuming a run re-logs only changed params, as `param.changed.<key>` tags: MLflow params are
    immutable and a second, different value would raise at the end of a long run.
-4. `check_tracking_uri` fails in seconds with one line naming the URI, before any training starts.
+4. `check_tracking_uri` fails in seconds with one line naming the URI, before any training starts; a corrupt
+   store (not an SQLite file, or one MLflow cannot query) is one line too, never a SQLAlchemy traceback.
+5. A resumed run replays the steps after its checkpoint; a (metric, step) point already stored is not logged
+   again, so the curves have one point per step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -26,7 +30,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Iterator, Mapping, Protocol
 
 TRUNCATION_MARKER = "...[truncated]"
 MAX_PARAM_VALUE = 6000      # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
@@ -124,6 +128,13 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(rest[1:])
 
 
+def _looks_like_sqlite(path: Path) -> bool:
+    """An SQLite file starts with this header; an empty file is a new database."""
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    return head in (b"", b"SQLite format 3\x00")
+
+
 def check_tracking_uri(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """Raise TrackingUnavailable unless the store at `uri` answers (http) or can be written (sqlite, file)."""
     scheme = urllib.parse.urlparse(uri).scheme.lower()
@@ -142,6 +153,9 @@ def check_tracking_uri(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         directory = (path.parent if path is not None else Path(".")).resolve()
         if path is not None and path.exists() and not os.access(path, os.W_OK):
             raise TrackingUnavailable(f"MLflow store {uri}: {path} is not writable")
+        if path is not None and (path.is_dir() or (path.is_file() and not _looks_like_sqlite(path))):
+            raise TrackingUnavailable(f"MLflow store {uri}: {path} is not an SQLite database (a directory or a "
+                                      "corrupt file); move it away, or point tracking.uri at the real store")
         if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
             raise TrackingUnavailable(f"MLflow store {uri}: directory {directory} does not exist or is not writable")
     elif scheme in ("", "file"):
@@ -196,29 +210,32 @@ class MlflowTracker:
         # MLflow logs "Creating initial MLflow database tables..." at INFO for every new sqlite store.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        if run_id is not None:
-            run = self._existing_run(run_id)
-            self.experiment_id = run.info.experiment_id
-            self._run_id = run_id
-            self._logged_params = dict(run.data.params)
-            self.client.update_run(run_id, status="RUNNING")
-        else:
-            self.experiment_id = self._experiment_id(experiment, artifact_location)
-            run = self.client.create_run(self.experiment_id, run_name=run_name)
-            self._run_id = run.info.run_id
-            self._logged_params = {}
-        stage_tags = dvc_tags(stage)
-        stage_name = stage_tags.get("dvc.stage")
-        if run_id is not None:
-            # A continued run keeps the stage that created it; later stages are appended, never overwrite it.
-            stage_tags.pop("dvc.stage", None)
-            if stage_name:
-                stages = [s for s in run.data.tags.get(STAGES_TAG, "").split(",") if s]
-                stage_tags[STAGES_TAG] = ",".join(stages + [stage_name] * (stage_name not in stages))
-        elif stage_name:
-            stage_tags[STAGES_TAG] = stage_name
-        self.set_tags({**git_tags(), **stage_tags, **(tags or {})})
+        with store_errors(uri):
+            self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            if run_id is not None:
+                run = self._existing_run(run_id)
+                self.experiment_id = run.info.experiment_id
+                self._run_id = run_id
+                self._logged_params = dict(run.data.params)
+                self._last_step = {key: max(m.step for m in self.client.get_metric_history(run_id, key))
+                                   for key in run.data.metrics}  # a resumed run replays steps: log each once
+                self.client.update_run(run_id, status="RUNNING")
+            else:
+                self.experiment_id = self._experiment_id(experiment, artifact_location)
+                run = self.client.create_run(self.experiment_id, run_name=run_name)
+                self._run_id = run.info.run_id
+                self._logged_params, self._last_step = {}, {}
+            stage_tags = dvc_tags(stage)
+            stage_name = stage_tags.get("dvc.stage")
+            if run_id is not None:
+                # A continued run keeps the stage that created it; later stages are appended, never overwrite it.
+                stage_tags.pop("dvc.stage", None)
+                if stage_name:
+                    stages = [s for s in run.data.tags.get(STAGES_TAG, "").split(",") if s]
+                    stage_tags[STAGES_TAG] = ",".join(stages + [stage_name] * (stage_name not in stages))
+            elif stage_name:
+                stage_tags[STAGES_TAG] = stage_name
+            self.set_tags({**git_tags(), **stage_tags, **(tags or {})})
 
     def _existing_run(self, run_id: str):
         from mlflow.exceptions import MlflowException
@@ -268,7 +285,7 @@ class MlflowTracker:
                 number = float(value)
             except (TypeError, ValueError):
                 continue
-            if math.isfinite(number):
+            if math.isfinite(number) and (step is None or step > self._last_step.get(key[:MAX_KEY], -1)):
                 rows.append(Metric(key[:MAX_KEY], number, now_ms, step or 0))
         for start in range(0, len(rows), METRICS_PER_BATCH):
             self.client.log_batch(self._run_id, metrics=rows[start:start + METRICS_PER_BATCH])
@@ -318,6 +335,64 @@ def default_run_name(model: str, mode: str, seed: int, experiment: str | None = 
     label = Path(model.rstrip("/\\")).name if ("/" in model or "\\" in model) else model
     label = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-") or "model"
     return f"{label}-{mode}-s{seed}"
+
+
+@contextlib.contextmanager
+def store_errors(uri: str) -> Iterator[None]:
+    """A store MLflow cannot open or query (a corrupt sqlite file, a directory in its place) -> TrackingUnavailable."""
+    from mlflow.exceptions import MlflowException
+
+    known: tuple[type[BaseException], ...] = (MlflowException,)
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        known += (SQLAlchemyError,)
+    except ImportError:
+        pass
+    try:
+        yield
+    except TrackingUnavailable:
+        raise
+    except known as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise TrackingUnavailable(f"MLflow store {uri} cannot be used ({reason}); repair or move it away, "
+                                  "or set tracking.enabled=false") from None
+
+
+def check_run(tracking_cfg, run_id: str) -> None:
+    """Raise TrackingUnavailable unless the store opens and holds `run_id`; changes nothing (checked before writes)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_cfg.uri
+    check_tracking_uri(uri)
+    path = _sqlite_path(uri) if uri.startswith("sqlite:") else None
+    missing = f"MLflow run {run_id} is not in the store {uri}; re-run the train stage, or point tracking.uri at the " \
+              "store that holds it"
+    if path is not None and not path.is_file():  # do not create an empty store just to find the run missing
+        raise TrackingUnavailable(f"{missing} ({path} does not exist)")
+    with store_errors(uri):
+        try:
+            MlflowClient(tracking_uri=uri).get_run(run_id)
+        except MlflowException:
+            raise TrackingUnavailable(missing) from None
+
+
+def end_stale_run(tracking_cfg, run_id: str, status: str = "KILLED") -> bool:
+    """Mark `run_id` KILLED when it is still RUNNING (its process died and it is not being continued)."""
+    if not tracking_cfg.enabled:
+        return False
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_cfg.uri)
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return False
+    except MlflowException:  # not in this store (tracking was off, or another store): nothing to end
+        return False
+    client.set_terminated(run_id, status=status)
+    return True
 
 
 def open_tracker(tracking_cfg, *, run_id: str | None = None, run_name: str | None = None,

@@ -30,7 +30,7 @@ def test_bad_params_exit_2_and_write_nothing(command, tmp_path, monkeypatch):
 def test_ui_binds_to_localhost_by_default(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text("")
+    (tmp_path / "params.yaml").write_text("{}\n")
     monkeypatch.setattr("subprocess.call", lambda argv: seen.setdefault("argv", argv) and 0)
     result = runner.invoke(cli.app, ["ui", "--port", "5055"])
     assert result.exit_code == 0, result.output

@@ -142,8 +142,10 @@ def test_yaml_file_problems(tmp_path):
     assert problems_of(listed) == [f"{listed}: top level must be a mapping of sections (data:, model:, ...), got list"]
 
 
-def test_empty_file_means_all_defaults(tmp_path):
-    assert load_config(write(tmp_path, "# nothing\n")) == TarpoConfig()
+def test_empty_file_is_an_error_and_braces_mean_all_defaults(tmp_path):
+    empty = write(tmp_path, "# nothing\n")
+    assert problems_of(empty) == [f"{empty}: empty params file; write `{{}}` to run on the built-in defaults"]
+    assert load_config(write(tmp_path, "{}\n")) == TarpoConfig()
 
 
 def test_strict_types_do_not_coerce(tmp_path):

@@ -75,3 +75,31 @@ def test_plot_rows_and_summary():
     assert text.splitlines()[2].startswith("2,0.2,")
     summary = stage.summary_metrics(rows)
     assert summary["steps"] == 2 and summary["reward_mean_last5"] == pytest.approx(0.15)
+
+
+def test_missing_hash_file_never_deletes_checkpoints(tmp_path: Path):
+    from tarpo.errors import InputError
+
+    root = tmp_path / "checkpoints"
+    (root / "step-000001").mkdir(parents=True)
+    with pytest.raises(InputError, match="params.sha256: missing.*--no-resume"):
+        stage.prepare_checkpoints(root, "aaa", resume=True)
+    assert (root / "step-000001").is_dir()
+    stage.prepare_checkpoints(root, "aaa", resume=False, log=lambda m: None)  # asked for explicitly
+    assert not (root / "step-000001").exists()
+
+
+def test_step_log_drops_a_torn_last_line_and_cuts_at_the_resumed_step(tmp_path: Path):
+    log, said = tmp_path / "steps.jsonl", []
+    log.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n{"step": 3, "lo')
+    assert stage._read_step_log(log, 1, said.append) == [{"step": 1, "loss": 1.0}]
+    assert stage._read_step_log(log, 5, said.append)[-1]["step"] == 2 and "torn last line" in said[0]
+
+
+def test_checkpoint_run_id_reads_the_newest_readable_state(tmp_path: Path):
+    root = tmp_path / "checkpoints"
+    assert stage._checkpoint_run_id(root) is None
+    for step, text in ((1, '{"run_id": "old"}'), (2, '{"run_id": "new"}'), (3, "{torn")):
+        (root / f"step-00000{step}").mkdir(parents=True)
+        (root / f"step-00000{step}" / "trainer_state.json").write_text(text)
+    assert stage._checkpoint_run_id(root) == "new"

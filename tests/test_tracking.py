@@ -152,3 +152,44 @@ def test_later_stages_are_appended_not_overwriting_the_creating_stage(store, tmp
     assert run.info.run_name == "tiny-tarpo-s42"
     assert run.data.tags["dvc.stage"] == "train"
     assert run.data.tags["tarpo.stages"] == "train,evaluate,register"
+
+
+def test_resume_logs_each_step_once(store, tmp_path):
+    """A killed run resumed from an older checkpoint replays steps it already logged: one point per step."""
+    first = _tracker(store, tmp_path)
+    for step in (1, 2, 3):  # step 3 was logged, then the process was killed; the checkpoint is at step 2
+        first.log_metrics({"reward_mean": step / 10}, step=step)
+    second = _tracker(store, tmp_path, run_id=first.run_id)
+    for step in (3, 4):
+        second.log_metrics({"reward_mean": step / 10, "kl": 0.5}, step=step)
+    second.log_metrics({"eval/avg": 1.0})  # no step (evaluate): always logged
+    history = second.client.get_metric_history(first.run_id, "reward_mean")
+    assert [m.step for m in history] == [1, 2, 3, 4]
+    assert [m.step for m in second.client.get_metric_history(first.run_id, "kl")] == [3, 4]  # new key: all
+
+
+def test_stale_run_is_marked_killed_once(store, tmp_path):
+    from tarpo.tracking import end_stale_run
+
+    cfg = TrackingConfig(uri=store)
+    killed = _tracker(store, tmp_path)  # never closed: its process died
+    assert end_stale_run(cfg, killed.run_id)
+    assert killed.client.get_run(killed.run_id).info.status == "KILLED"
+    assert not end_stale_run(cfg, killed.run_id)  # not RUNNING any more: left alone
+    assert not end_stale_run(cfg, "0123456789abcdef0123456789abcdef")  # unknown run: nothing to end
+    assert not end_stale_run(TrackingConfig(enabled=False), killed.run_id)
+
+
+def test_corrupt_store_and_missing_run_are_one_line(store, tmp_path):
+    from tarpo.tracking import check_run
+
+    run_id = _tracker(store, tmp_path).run_id
+    check_run(TrackingConfig(uri=store), run_id)
+    with pytest.raises(TrackingUnavailable, match="MLflow run 0123 is not in the store"):
+        check_run(TrackingConfig(uri=store), "0123")
+    with pytest.raises(TrackingUnavailable, match=r"absent.db does not exist"):
+        check_run(TrackingConfig(uri=f"sqlite:///{tmp_path}/absent.db"), run_id)
+    assert not (tmp_path / "absent.db").exists()
+    (tmp_path / "junk.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(TrackingUnavailable, match="junk.db is not an SQLite database"):
+        check_tracking_uri(f"sqlite:///{tmp_path}/junk.db")
