@@ -48,6 +48,9 @@ def sample_records(records: list[Record], size: int | None, seed: int) -> list[R
     return [records[i] for i in keep]
 
 
+MIN_TRAIN_RECORDS = 2  # a single problem is not a training set (every step would repeat it)
+
+
 def require_records(records: list[Record], report: ReadReport, where: str, key: str) -> None:
     """A file (or hub split) that gave no record at all is an error naming it and the fix."""
     if records:
@@ -83,3 +86,6 @@ def require_nonempty_splits(train: list[Record], eval_records: list[Record], sta
         raise DataError(f"{where}: the train split is empty after dropping {stats['train_duplicates_dropped']} "
                         f"duplicates and {stats['overlap_dropped']} prompts that are also in the eval set; "
                         "use training problems that differ from the eval problems")
+    if len(train) < MIN_TRAIN_RECORDS:
+        raise DataError(f"{where}: only {len(train)} training problem(s); RL on fewer than {MIN_TRAIN_RECORDS} "
+                        "distinct problems repeats one question every step: add problems to the training file")

@@ -376,9 +376,11 @@ def test_degenerate_splits_are_one_clear_error(tmp_path, case):
     assert expected in str(err.value) and "\n" not in str(err.value)
 
 
-def test_two_row_file_splits_one_and_one(tmp_path):
-    splits = load_splits(source="gsm8k", train_path=str(write_jsonl(tmp_path / "t.jsonl", _rows(2))))
-    assert (len(splits.train), len(splits.eval)) == (1, 1)
+def test_smallest_usable_file_splits_two_and_one(tmp_path):
+    splits = load_splits(source="gsm8k", train_path=str(write_jsonl(tmp_path / "t.jsonl", _rows(3))))
+    assert (len(splits.train), len(splits.eval)) == (2, 1)
+    with pytest.raises(DataError, match="only 1 training problem"):   # 2 rows: 1 held out, 1 left to train on
+        load_splits(source="gsm8k", train_path=str(write_jsonl(tmp_path / "u.jsonl", _rows(2))))
 
 
 @pytest.mark.parametrize("source,extra", [("synthetic", {}), ("reasoning-gym", {"reasoning_gym_dataset": "x"}),

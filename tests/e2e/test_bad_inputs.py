@@ -3,7 +3,7 @@ file, no traceback, and every output already in the workspace byte-identical aft
 
 Rows run in-process through Typer's CliRunner against the session workspace of `workspace_kit` (rows that fail
 while reading their params share it, the others get a copy); only the SIGKILL rows and one check of the real
-interpreter use subprocesses. A row marked xfail waits for a fix on another branch: flip it once merged.
+interpreter use subprocesses.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from tests.e2e.workspace_kit import (DATA_ROW, GARBAGE, NOT_UTF8, Row, invoke, n
                                      fresh_copy, jsonl_source, patch, put, run_row, snapshot)
 from tests.e2e.workspace_kit import built  # noqa: F401 - the session fixture, used by name
 
-DATA_BRANCH = "fixed on branch data"
 
 
 # ------------------------------------------------------------------------------------------- the table
@@ -133,7 +132,7 @@ DATA_ROWS = [
                     put("eval.jsonl", data_rows(8)))),
     Row("data-eval-not-utf8", jsonl_source(), "eval.jsonl: not UTF-8 text (byte offset 0",
         setup=chain(put("train.jsonl", data_rows(60)), put("eval.jsonl", b"\xff" + DATA_ROW.encode()))),
-    Row("data-train-is-dir", jsonl_source(), "train.jsonl: is a directory, expected a file",
+    Row("data-train-is-dir", jsonl_source(), "train.jsonl: is a directory",
         setup=chain(as_dir("train.jsonl"), put("eval.jsonl", data_rows(8)))),
     Row("data-bad-json-fail", jsonl_source("train.jsonl", "eval.jsonl", "data.malformed=fail"),
         "train.jsonl:2: bad JSON", setup=chain(put("train.jsonl", DATA_ROW + "{oops\n" + data_rows(60)),
@@ -144,28 +143,28 @@ DATA_ROWS = [
     Row("data-parquet-garbage", jsonl_source("train.parquet"), "train.parquet: not a readable parquet file",
         setup=chain(put("train.parquet", GARBAGE), put("eval.jsonl", data_rows(8)))),
     # Degenerate splits and record hygiene: the `data` branch rejects them before anything is written.
-    Row("data-empty-file", jsonl_source(), "train.jsonl", xfail=DATA_BRANCH,
+    Row("data-empty-file", jsonl_source(), "train.jsonl",
         setup=chain(put("train.jsonl", ""), put("eval.jsonl", data_rows(8)))),
-    Row("data-blank-file", jsonl_source(), "train.jsonl", xfail=DATA_BRANCH,
+    Row("data-blank-file", jsonl_source(), "train.jsonl",
         setup=chain(put("train.jsonl", "\n  \n\n"), put("eval.jsonl", data_rows(8)))),
     Row("data-all-rows-skipped", jsonl_source(), "train.jsonl",
         setup=chain(put("train.jsonl", "{bad\n[1]\n"), put("eval.jsonl", data_rows(8)))),
-    Row("data-one-row", jsonl_source(), "train.jsonl", xfail=DATA_BRANCH,
+    Row("data-one-row", jsonl_source(), "train.jsonl",
         setup=chain(put("train.jsonl", DATA_ROW), put("eval.jsonl", data_rows(8)))),
-    Row("data-eval-is-train", jsonl_source("train.jsonl", "train.jsonl"), "train.jsonl", xfail=DATA_BRANCH,
+    Row("data-eval-is-train", jsonl_source("train.jsonl", "train.jsonl"), "train.jsonl",
         setup=put("train.jsonl", data_rows(60))),
     Row("data-too-few-rows", ["prepare", "--set", "data.source=jsonl", "--set", "data.train_path=train.jsonl"],
-        "train.jsonl", xfail=DATA_BRANCH, setup=put("train.jsonl", data_rows(5))),
+        "train.jsonl", setup=put("train.jsonl", data_rows(5))),
     Row("data-duplicate-ids", jsonl_source("train.jsonl", "eval.jsonl", "data.fields.id=id"), "duplicate",
-        xfail=DATA_BRANCH, setup=chain(
+        setup=chain(
             put("train.jsonl", data_rows(60)),
             put("eval.jsonl", '{"id": "a", "question": "1 + 1?", "answer": "#### 2"}\n'
                               '{"id": "a", "question": "2 + 2?", "answer": "#### 4"}\n' + data_rows(6, 200)))),
     Row("data-prompt-dict", jsonl_source("train.jsonl", "eval.jsonl", "data.malformed=fail"), "train.jsonl:1",
-        xfail=DATA_BRANCH, setup=chain(put("train.jsonl", '{"question": {"a": 1}, "answer": "#### 1"}\n'
+        setup=chain(put("train.jsonl", '{"question": {"a": 1}, "answer": "#### 1"}\n'
                                            + data_rows(60)), put("eval.jsonl", data_rows(8, 100)))),
     Row("data-prompt-number", jsonl_source("train.jsonl", "eval.jsonl", "data.malformed=fail"), "train.jsonl:1",
-        xfail=DATA_BRANCH, setup=chain(put("train.jsonl", '{"question": 17, "answer": "#### 1"}\n'
+        setup=chain(put("train.jsonl", '{"question": 17, "answer": "#### 1"}\n'
                                            + data_rows(60)), put("eval.jsonl", data_rows(8, 100)))),
 ]
 
