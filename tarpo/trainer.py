@@ -86,7 +86,10 @@ class TrainSettings:
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str) -> Callable[[int], float]:
-    """Linear warm-up over ceil(ratio * total) steps, then cosine / linear decay to 0, or constant."""
+    """Linear warm-up over ceil(ratio * total) steps, then cosine / linear decay to 0, or constant.
+
+    Not transformers' get_cosine_schedule_with_warmup: that one gives step 0 a learning rate of exactly 0, a
+    whole rollout batch spent without an update; ours starts at 1/warmup of the peak."""
     warmup = math.ceil(warmup_ratio * total_steps)
 
     def factor(step: int) -> float:

