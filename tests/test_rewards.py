@@ -186,7 +186,9 @@ def test_reward_config_mirrors_the_library():
 def test_params_yaml_reward_section_is_the_default():
     from tarpo.config import RewardConfig, load_config
 
-    assert load_config("params.yaml").reward == RewardConfig()
+    from pathlib import Path
+
+    assert load_config(Path(__file__).resolve().parents[1] / "params.yaml").reward == RewardConfig()
 
 
 def test_parts_report_marker_and_format():

@@ -24,7 +24,8 @@ def _tracker(store, tmp_path, **kw):
 def test_import_needs_no_mlflow():
     code = "import sys, tarpo.tracking, tarpo.serving; assert 'mlflow' not in sys.modules"
     import subprocess
-    subprocess.run([sys.executable, "-c", code], check=True)
+    from pathlib import Path
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
 def test_long_and_many_params_do_not_crash(store, tmp_path):

@@ -321,13 +321,15 @@ def full_disk(built: Path, tmp_path: Path):
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}); the fault rows simulate ENOSPC")
+    before = os.getcwd()
     try:
         ws = copy_workspace(built, mount / "ws", link=False)
         _fill(mount)
         yield ws
     finally:
-        os.chdir(tmp_path)
+        os.chdir(tmp_path)  # leave the mount before unmounting it
         subprocess.run(["umount", "--lazy", str(mount)], check=True)  # MLflow may still hold mlflow.db open
+        os.chdir(before)    # later tests rely on the working directory pytest started in
 
 
 @pytest.mark.parametrize("row", _params_of(DISK_FULL_ROWS))

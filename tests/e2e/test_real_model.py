@@ -80,8 +80,11 @@ def test_smollm2_prepare_train_evaluate_register(tmp_path):
     print(f"pull + 5 stages: {time.perf_counter() - started:.0f} s")
 
     # The base the stages loaded is the pulled SmolLM2 directory, and it is SmolLM2's weights.
-    info = json.loads((repo / "outputs" / "run_info.json").read_text())
-    assert info["preset"] == PRESET and Path(info["base_model"]) == Path("models") / PRESET
+    from tarpo.model_info import weights_sha256
+
+    base = json.loads((repo / "outputs" / "run_info.json").read_text())["base"]
+    assert base["preset"] == PRESET and not base["from_warmup"] and Path(base["path"]).name == PRESET
+    assert base["weights_sha256"] == weights_sha256(repo / "models" / PRESET)   # the weights really loaded
     config = json.loads((repo / "models" / PRESET / "config.json").read_text())
     assert (config["vocab_size"], config["hidden_size"], config["model_type"]) == (VOCAB, HIDDEN, "llama")
     from safetensors import safe_open
