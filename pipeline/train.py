@@ -156,6 +156,28 @@ def _checkpoint_run_id(checkpoint_dir: Path) -> str | None:
     return None
 
 
+def _link_upstream_stages(tracker, upstream=(("prepare", paths.PREPARE_METRICS), ("warmup", paths.WARMUP_METRICS))):
+    """prepare and warm-up log no run of their own: their metrics files go into the training run (as `prepare/...`,
+    `warmup/...` metrics and artifacts) and their names into its stage list, so one run holds the whole pipeline."""
+    import json
+
+    from tarpo.tracking import STAGES_TAG
+
+    linked = []
+    for stage, path in upstream:
+        if not Path(path).is_file():
+            continue
+        try:
+            values = json.loads(Path(path).read_text())
+        except ValueError:
+            continue  # a stage's own reader reports a corrupt file; linking is best effort
+        tracker.log_metrics({f"{stage}/{k}": v for k, v in values.items() if isinstance(v, (int, float))})
+        tracker.log_artifact(str(path), "upstream")
+        linked.append(stage)
+    if linked:
+        tracker.set_tags({STAGES_TAG: ",".join([*linked, "train"])})
+
+
 # ------------------------------------------------------------------------------------ the stage
 def build_trainer(cfg, records, base: Path | None, checkpoint_dir: Path, models_dir, log, params_hash=None):
     """(TarpoTrainer, resolved model) for the config: policy from the warm-up output or the preset."""
@@ -238,6 +260,7 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
                                                           if k != "made_from"}})
             if Path(params_path).is_file():
                 tracker.log_artifact(str(params_path))
+            _link_upstream_stages(tracker)
         trainer.tracker = tracker
     if main:
         write_text_atomic(step_log, "".join(json.dumps(r) + "\n" for r in rows))

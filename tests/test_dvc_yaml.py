@@ -145,3 +145,25 @@ def test_code_deps_are_exactly_the_imported_modules():
         expected = repo_imports([f"pipeline/{stage}.py", "tarpo/config.py", *CLI_IMPORTS.get(stage, [])]) | {"cli.py"}
         assert declared == expected, (f"{stage}: missing {sorted(expected - declared)}, extra "
                                       f"{sorted(declared - expected)}; run python scripts/sync_dvc_deps.py")
+
+
+def test_committed_lock_is_the_baseline_of_this_dvc_yaml_and_params():
+    """dvc.lock and the small metrics/plots files are committed, so `dvc metrics diff` and `dvc exp show` have a
+    baseline in a fresh clone; the lock must describe the stages, params and outputs declared now."""
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert set(lock["stages"]) == set(STAGES)
+    for name, stage in STAGES.items():
+        locked = lock["stages"][name]
+        assert locked["cmd"] == stage["cmd"], name
+        recorded = locked["params"]["params.yaml"]
+        assert set(recorded) == _params(name), (name, sorted(set(recorded) ^ _params(name)))
+        for key, value in recorded.items():
+            node = params
+            for part in key.split("."):
+                node = node[part]
+            assert node == value, f"{name}: {key} is {node!r} in params.yaml but {value!r} in dvc.lock; run dvc repro"
+        assert {out["path"] for out in locked["outs"]} == _written_all(stage), name
+    for path in (paths.PREPARE_METRICS, paths.WARMUP_METRICS, paths.TRAIN_METRICS, paths.EVAL_METRICS,
+                 paths.REGISTER_INFO, paths.WARMUP_PLOT, paths.TRAIN_PLOT, paths.EVAL_PLOT):
+        assert (ROOT / path).is_file(), f"{path} is part of the committed baseline"

@@ -74,7 +74,8 @@ def test_dvc_repro_end_to_end_then_nothing_to_do(repo_copy: Path):
 
     # Readable runs: named after model, mode and seed; stages appended; PNG plots and sample pages logged.
     assert recorded.info.run_name == "tiny-tarpo-s42"
-    assert recorded.data.tags["tarpo.stages"].split(",")[:2] == ["train", "evaluate"]
+    assert recorded.data.tags["tarpo.stages"].split(",")[:4] == ["prepare", "warmup", "train", "evaluate"]
+    assert "prepare/train_count" in recorded.data.metrics and "warmup/final_loss" in recorded.data.metrics
     plots = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert {"plots/train.png", "plots/eval.png"} <= plots, plots
     pages = {a.path for a in client.list_artifacts(run_id, "eval")}
