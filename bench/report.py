@@ -93,6 +93,15 @@ def detail_tables(results: Path) -> list[str]:
             lines.append(f"| {r['model']} | {s['batch']} x {s['prompt_len']}, {s['new_tokens']} | {variant} | "
                          f"{t['wall']['median']:.3f} ({t['wall']['iqr']:.3f}) | {t['cpu']['median']:.3f} "
                          f"({t['cpu']['iqr']:.3f}) | {t['tokens_per_s']:.1f} | {t.get('soft_ratio', 0.0):.3f} |")
+    lines += ["", "Length scaling (per-step wall ms at --new-tokens -> --long-tokens; what matters is that ours grows no "
+              "more than `generate`, whose attention grows the same):", ""]
+    for name, r in load("rollout-*-cpu.json", results):
+        scaling, s = r.get("length_scaling", {}), r["settings"]
+        if "generate" in scaling and "tarpo_bias2.2" in scaling:
+            g, o = scaling["generate"], scaling["tarpo_bias2.2"]
+            lines.append(f"- {r['model']}, {s['new_tokens']} -> {s['long_tokens']} tokens: generate x{g['long_over_short']:.2f}, "
+                         f"tarpo x{o['long_over_short']:.2f}, ours / generate growth "
+                         f"{scaling['ours_growth_over_generate_growth']:.2f} (long: {s['long_repeats']} repeat(s))")
     lines += ["", "### Training step, median wall and CPU seconds per step", "",
               "| model | prompts x G, new | trainer | step wall s | step CPU s | rollout wall s | update wall s |",
               "|---|---|---|---|---|---|---|"]
