@@ -118,7 +118,9 @@ def detail_tables(results: Path) -> list[str]:
     memory = load("logprob_memory-*-cpu.json", results)
     if memory:
         lines += ["", "### Training micro-step peak memory: dense vs chunked token log-probs (`bench/logprob_memory.py`)",
-                  "", "| model | B x T completion, V | one (B,T,V) fp32 copy | chunks | dense peak extra (min..max) |"
+                  "", "torch allocator peak during the step above its start (profiler memory events; RSS peaks, "
+                  "noisier, in the JSON):", "",
+                  "| model | B x T completion, V | one (B,T,V) fp32 copy | chunks | dense peak extra (min..max) |"
                   " chunked peak extra (min..max) | dense CPU s | chunked CPU s |", "|---|---|---|---|---|---|---|---|"]
         for name, r in memory:
             d, c = r["dense"], r["chunked"]
