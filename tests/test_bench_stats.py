@@ -76,3 +76,9 @@ def test_results_section_reads_a_gpu_run(tmp_path):
     section = report.results_section(fake_results(tmp_path, gpu))
     assert "| GPU >= 5,000 tok/s, 7B shape, H100 | 5200 tok/s over 512 steps, single run | **met** | NVIDIA H100" in section
     assert "tarpo/hard tokens/s 0.867, single run | **missed**" in section
+
+
+def test_readme_results_are_generated_from_the_committed_json():
+    """After adding or rerunning a result, run `python bench/report.py` (this test then passes again)."""
+    readme = (ROOT / "bench" / "README.md").read_text()
+    assert report.render(readme, report.results_section()) == readme
