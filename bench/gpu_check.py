@@ -35,7 +35,7 @@ VOCAB, EOS = 64, (1, 2, 3)
 EXACT = ("completion_ids", "completion_mask", "soft_mask", "decision_mask", "topk_ids", "soft_counts")
 CLOSE = ("token_logp", "router_logp", "topk_weights")
 CASES = [  # (name, architecture, settings overrides, prompt_multiple)
-    ("tarpo_marker_eos_3_buckets", "qwen2", dict(max_latent_steps=6), 1),
+    ("tarpo_marker_eos_2_buckets", "qwen2", dict(max_latent_steps=6, max_new_tokens=20), 1),  # lengths 16, 29
     ("hard_padded_prompts", "llama", dict(router_mode="hard"), None),
     ("soft_fixed_top_k_top_p", "qwen2", dict(router_mode="soft-fixed", soft_probability=0.4, top_k=20, top_p=0.9,
                                              temperature=0.7), None),

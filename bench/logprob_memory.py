@@ -1,9 +1,12 @@
 """Peak memory of one training micro-step on CPU: dense vs chunked token log-probs (tarpo.token_logprobs).
 
 One LoRA micro-step = `replay` forward (token log-probs + entropy metric) + backward, on a recorded rollout
-of --batch rows x (--prompt + --completion) tokens, fp32. Peak = the process's peak resident memory during
-the step (Linux VmHWM, reset through /proc/self/clear_refs before each step) minus the resident memory
-before it. Dense and chunked steps alternate, --repeats each after one warm-up each; min, max reported.
+of --batch rows x (--prompt + --completion) tokens, fp32. Two peaks, both relative to the start of the step:
+- `peak_extra_mib`: torch's own CPU allocations, replayed in time order from the profiler's memory events
+  (exact: every tensor allocation and free, nothing else);
+- `rss_peak_extra_mib`: the process's peak resident memory (Linux VmHWM, reset through /proc/self/clear_refs)
+  minus the resident memory before the step (noisier: the C allocator keeps and reuses freed memory).
+Dense and chunked steps alternate, --repeats each after one warm-up each; min and max reported.
 The (B, T, V) fp32 size is printed next to the figures: the dense path holds several such copies.
 
 Usage: python bench/logprob_memory.py --model smollm2-135m --batch 2 --prompt 16 --completion 128 --chunk-tokens 64
@@ -41,19 +44,36 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
 
 
-def measure(policy, record, settings, chunk_tokens) -> tuple[float, float, float]:
-    """(peak extra MiB, wall seconds, CPU seconds) of one replay forward + backward with the given chunking."""
+def allocator_peak_bytes(events) -> int:
+    """Highest running total of torch's CPU allocations minus frees, in time order (profiler memory events)."""
+    running = peak = 0
+    for event in sorted(events, key=lambda e: e.time_range.start):
+        running += event.self_cpu_memory_usage
+        peak = max(peak, running)
+    return peak
+
+
+def micro_step(policy, record, settings) -> None:
+    out = replay(policy, record, settings=settings)
+    (out.token_logp.mean() + out.router_logp.mean()).backward()
+    policy.zero_grad(set_to_none=True)
+
+
+def measure(policy, record, settings, chunk_tokens) -> dict:
+    """Allocator and RSS peaks (MiB) and wall / CPU seconds of one micro-step with the given chunking."""
+    from torch.profiler import ProfilerActivity, profile
+
     token_logprobs_module.CHUNK_TOKENS = chunk_tokens
     before = rss_kib("VmRSS")
     reset_peak()
     wall, cpu = clocks()
-    out = replay(policy, record, settings=settings)
-    (out.token_logp.mean() + out.router_logp.mean()).backward()
+    micro_step(policy, record, settings)
     wall_end, cpu_end = clocks()
-    peak = rss_kib("VmHWM")
-    del out
-    policy.zero_grad(set_to_none=True)
-    return (peak - before) / 1024, wall_end - wall, cpu_end - cpu
+    rss_peak = rss_kib("VmHWM")
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:  # the same step, profiled
+        micro_step(policy, record, settings)
+    return {"peak_extra_mib": allocator_peak_bytes(prof.events()) / 2**20, "rss_peak_extra_mib": (rss_peak - before) / 1024,
+            "seconds": wall_end - wall, "cpu_seconds": cpu_end - cpu}
 
 
 def main(argv=None) -> int:
@@ -81,24 +101,25 @@ def main(argv=None) -> int:
     record = recorded_rollout(args.batch, args.prompt, args.completion, vocab)
     default_chunk = token_logprobs_module.CHUNK_TOKENS
     variants = {"dense": None, "chunked": args.chunk_tokens}
-    rows = {name: {"peak_extra_mib": [], "seconds": [], "cpu_seconds": []} for name in variants}
+    rows = {name: {"peak_extra_mib": [], "rss_peak_extra_mib": [], "seconds": [], "cpu_seconds": []}
+            for name in variants}
     for name, chunk in variants.items():  # warm-up (allocator, LoRA caches)
         measure(policy, record, settings, chunk)
     for _ in range(args.repeats):
         for name, chunk in variants.items():
-            peak, seconds, cpu = measure(policy, record, settings, chunk)
-            rows[name]["peak_extra_mib"].append(round(peak, 1))
-            rows[name]["seconds"].append(round(seconds, 3))
-            rows[name]["cpu_seconds"].append(round(cpu, 3))
+            for key, value in measure(policy, record, settings, chunk).items():
+                rows[name][key].append(round(value, 3))
     token_logprobs_module.CHUNK_TOKENS = default_chunk
     full_copy_mib = args.batch * args.completion * vocab * 4 / 2**20
     result = {"model": args.model, "vocab": vocab, "batch": args.batch, "prompt": args.prompt,
               "completion": args.completion, "chunk_tokens": args.chunk_tokens,
               "chunks": -(-args.completion // max(1, args.chunk_tokens // args.batch)), "fp32_BTV_copy_mib": full_copy_mib,
-              "machine": machine_info(), "method": "VmHWM - VmRSS around one replay forward+backward (LoRA r16)",
+              "machine": machine_info(), "method": "one replay forward+backward (LoRA r16): torch allocator peak "
+              "from profiler memory events; RSS peak from VmHWM - VmRSS",
               **rows}
     for name, row in rows.items():
-        print(f"{name:8s} peak +{min(row['peak_extra_mib']):8.1f} .. {max(row['peak_extra_mib']):8.1f} MiB   "
+        print(f"{name:8s} allocator peak +{min(row['peak_extra_mib']):7.1f} .. {max(row['peak_extra_mib']):7.1f} MiB, "
+              f"RSS +{min(row['rss_peak_extra_mib']):7.1f} .. {max(row['rss_peak_extra_mib']):7.1f} MiB   "
               f"{min(row['seconds']):.2f} s wall {min(row['cpu_seconds']):.2f} s CPU   (one (B, T, V) fp32 copy = "
               f"{full_copy_mib:.0f} MiB)")
     out = args.out or ROOT / "bench" / "results" / f"logprob_memory-{model_slug(args.model)}-cpu.json"

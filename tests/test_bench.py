@@ -39,6 +39,10 @@ def test_rollout_bench_smoke(tmp_path):
     for v in ("generate", "tarpo_bias2.2"):
         assert result["length_scaling"][v]["long_over_short"] > 0
     assert result["settings"]["new_tokens"] == 8 and result["settings"]["long_tokens"] == 16
+    for v in variants:  # CPU time beside wall time, every repeat
+        assert len(result["timings"][v]["cpu_seconds"]) == 1 and result["timings"][v]["cpu"]["min"] > 0
+    goal = result["goals"]["rollout_over_generate"]
+    assert goal["threshold"] == 0.9 and goal["verdict"] in ("met", "missed", "inconclusive") and goal["n"] == 1
     assert "tokens/s" in proc.stdout and "ratio" in proc.stdout
 
 
@@ -63,3 +67,7 @@ def test_train_step_bench_smoke(tmp_path):
     else:
         assert result["trl"]["status"] == "failed" and result["trl"]["stage"] == "import"
     assert "ratio tarpo_over_hard_step_seconds" in proc.stdout
+    assert result["goals"]["tarpo_over_hard"]["threshold"] == 1.1
+    assert result["ours"]["tarpo"]["cpu_step_seconds"]["min"] > 0
+    if trl_installed:
+        assert result["goals"]["tarpo_over_trl"]["n"] == 1 and result["trl"]["cpu_step_seconds"]["min"] > 0

@@ -107,3 +107,16 @@ def test_sections_that_no_longer_fit_the_budget_are_skipped(tmp_path):
     assert gpu.main(["--tiny", "--out", str(out), "--budget", "0"]) == 0
     result = json.loads(out.read_text())
     assert "build" in result["skipped"] and "left" in result["skipped"]["build"] and not result["timings"]
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_on_cpu_with_dynamo(tmp_path):
+    """bench/gpu_check.py (the CUDA equality check of the session script) in its --cpu mode: same logic,
+    dynamo's eager backend instead of inductor + CUDA graphs."""
+    out = tmp_path / "check.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--cpu", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cases = json.loads(out.read_text())["cases"]
+    assert len(cases) == 3 and all(case["passed"] for case in cases)
+    assert cases[0]["graphs_per_bucket"] == {"16": 1, "29": 1} and not cases[0]["recompiled_on_second_call"]

@@ -78,9 +78,10 @@ def test_entropy_only_when_asked_and_once_per_chunk(monkeypatch):
 
 
 def test_chunked_path_keeps_no_full_vocabulary_tensor_for_backward():
-    """Saved-for-backward tensors: dense keeps (B, T, V) log-probs, chunked keeps none of vocabulary width."""
+    """Saved-for-backward tensors: dense (or a single chunk: bounded by chunk_tokens) keeps (B, T, V) log-probs,
+    several chunks keep none of vocabulary width."""
     hidden, head, ids = setup(V=300)
-    for chunk_tokens, expect_full in ((None, True), (6, False)):
+    for chunk_tokens, expect_full in ((None, True), (21, True), (6, False)):
         saved = []
 
         def pack(tensor):
