@@ -115,7 +115,7 @@ def eval_set_record(records, cfg) -> dict:
 def run_evaluate(*, cfg, eval_path: str | Path = paths.EVAL_DATA, warmup_dir: str | Path = paths.WARMUP_DIR,
                  trained_dir: str | Path = paths.TRAINED_DIR, run_info_path: str | Path = paths.RUN_INFO,
                  metrics_path: str | Path = paths.EVAL_METRICS, out_dir: str | Path = paths.EVAL_DIR,
-                 plot_path: str | Path = paths.EVAL_PLOT, figure_path: str | Path = paths.EVAL_FIGURE,
+                 plot_path: str | Path = paths.EVAL_PLOT, figure_path: str | Path | None = None,
                  models_dir: str | Path = paths.MODELS_DIR, log=print) -> dict[str, float]:
     """Evaluate both models, write metrics/jsonl/html/plots, log to the training run; returns the flat metrics."""
     from tarpo.data import DataError, read_prepared
@@ -154,6 +154,7 @@ def run_evaluate(*, cfg, eval_path: str | Path = paths.EVAL_DATA, warmup_dir: st
     lines = ["model," + ",".join(PLOT_KEYS)]
     lines += [name + "," + ",".join(f"{metrics.get(f'{name}/{k}', 0.0):.6g}" for k in PLOT_KEYS) for name in MODELS]
     write_text_atomic(plot_path, "\n".join(lines) + "\n")
+    figure_path = figure_path or Path(plot_path).with_suffix(".png")   # beside the CSV
     save_png(eval_figure(metrics, MODELS, PLOT_KEYS, f"Held-out: {eval_set['num_problems']} problems x "
                                                      f"{cfg.eval.num_samples} samples"), figure_path)
     write_json_atomic(metrics_path, metrics)

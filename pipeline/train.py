@@ -210,7 +210,7 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
               train_path: str | Path = paths.TRAIN_DATA, warmup_dir: str | Path = paths.WARMUP_DIR,
               checkpoint_dir: str | Path = paths.CHECKPOINT_DIR, trained_dir: str | Path = paths.TRAINED_DIR,
               metrics_path: str | Path = paths.TRAIN_METRICS, plot_path: str | Path = paths.TRAIN_PLOT,
-              plot_figure_path: str | Path = paths.TRAIN_FIGURE,
+              plot_figure_path: str | Path | None = None,
               run_info_path: str | Path = paths.RUN_INFO, models_dir: str | Path = paths.MODELS_DIR,
               log=print, progress: bool = True) -> dict:
     """Train (resuming when possible), export the weights and write metrics; returns metrics/train.json."""
@@ -297,8 +297,8 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
     write_text_atomic(plot_path, _plot_csv(rows))
     from tarpo.plots import save_png, train_figure
 
-    figure_path = save_png(train_figure(rows, f"TARPO training: {model_label(cfg.model)}, {cfg.router.mode}, "
-                                              f"seed {cfg.train.seed}"), plot_figure_path)
+    figure = train_figure(rows, f"TARPO training: {model_label(cfg.model)}, {cfg.router.mode}, seed {cfg.train.seed}")
+    figure_path = save_png(figure, plot_figure_path or Path(plot_path).with_suffix(".png"))  # beside the CSV
     write_json_atomic(metrics_path, metrics)
     write_json_atomic(run_info_path, info)
     tracker.log_artifact(str(plot_path))

@@ -35,6 +35,8 @@ def test_outputs_match_paths_module():
                                  paths.TRAIN_FIGURE}
     assert _written("evaluate") == {paths.EVAL_DIR, paths.EVAL_METRICS, paths.EVAL_PLOT, paths.EVAL_FIGURE}
     assert _written("register") == {paths.REGISTER_INFO}
+    assert Path(paths.TRAIN_PLOT).with_suffix(".png") == Path(paths.TRAIN_FIGURE)   # the stages write them side by side
+    assert Path(paths.EVAL_PLOT).with_suffix(".png") == Path(paths.EVAL_FIGURE)
     assert paths.TRAIN_DATA.startswith(paths.PREPARED_DIR + "/") and paths.EVAL_DATA.startswith(paths.PREPARED_DIR + "/")
 
 
