@@ -46,6 +46,16 @@ def _series(rows: Sequence[Mapping], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+def _lines(ax, rows: Sequence[Mapping], series: Sequence[tuple[str, str]], ylabel: str) -> None:
+    """One labelled line per (column, label) that the rows have."""
+    for key, label in series:
+        xs, ys = _series(rows, key)
+        if ys:
+            ax.plot(xs, ys, label=label)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="best", fontsize=8)
+
+
 def train_figure(rows: Sequence[Mapping], title: str = "TARPO training"):
     """Reward (raw and smoothed), soft-step ratio, completion lengths and token KL per step."""
     plt = _pyplot()
@@ -61,18 +71,9 @@ def train_figure(rows: Sequence[Mapping], title: str = "TARPO training"):
     reward_ax.legend(loc="best", fontsize=8)
     soft_ax.plot(*_series(rows, "soft_ratio"), color="#d94801")
     soft_ax.set_ylabel("soft-step ratio")
-    for key, label in (("completion_length", "all steps"), ("explicit_length", "explicit tokens")):
-        xs, ys = _series(rows, key)
-        if ys:
-            length_ax.plot(xs, ys, label=label)
-    length_ax.set_ylabel("completion length")
-    length_ax.legend(loc="best", fontsize=8)
-    for key, label in (("kl_token", "token KL"), ("kl_router", "router KL")):
-        xs, ys = _series(rows, key)
-        if ys:
-            kl_ax.plot(xs, ys, label=label)
-    kl_ax.set_ylabel("KL to reference")
-    kl_ax.legend(loc="best", fontsize=8)
+    _lines(length_ax, rows, (("completion_length", "all steps"), ("explicit_length", "explicit tokens")),
+           "completion length")
+    _lines(kl_ax, rows, (("kl_token", "token KL"), ("kl_router", "router KL")), "KL to reference")
     for ax in axes[1]:
         ax.set_xlabel("step")
     fig.suptitle(title)
