@@ -44,6 +44,7 @@ def test_killed_train_leaves_no_model_and_resumes(repo_copy: Path):
     sets = ["--set", "train.steps=6", "--set", "tracking.enabled=false", "--set", "register.enabled=false"]
     run([*CLI, "prepare", *sets], repo_copy)
     run([*CLI, "warmup", *sets], repo_copy)
+    committed_metrics = (repo_copy / paths.TRAIN_METRICS).read_bytes()   # the committed DVC baseline
     proc = subprocess.Popen([*CLI, "train", *sets], cwd=repo_copy, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     second = repo_copy / paths.CHECKPOINT_DIR / "step-000002" / "COMPLETE"
@@ -54,7 +55,7 @@ def test_killed_train_leaves_no_model_and_resumes(repo_copy: Path):
     proc.wait()
     assert second.is_file(), "train never wrote its second checkpoint"
     assert not (repo_copy / paths.TRAINED_DIR).exists()
-    assert not (repo_copy / paths.TRAIN_METRICS).exists()
+    assert (repo_copy / paths.TRAIN_METRICS).read_bytes() == committed_metrics   # a killed run rewrites nothing
 
     result = run([*CLI, "train", *sets], repo_copy)
     assert "resumed from" in result.stdout + result.stderr
