@@ -164,7 +164,11 @@ def _stage_params(params: Path, sets: Optional[list[str]], model: Optional[str] 
                   steps: Optional[int] = None) -> TarpoConfig:
     """Validated, resolved config for a stage; any problem is a user error (exit 2) before any work."""
     extra = [f"train.steps={steps}"] if steps is not None else []
-    return load_params(params, [*(sets or []), *extra], model)
+    cfg = load_params(params, [*(sets or []), *extra], model)
+    from tarpo.runtime import apply_runtime
+
+    apply_runtime(cfg.runtime)  # before any model work: the thread count changes float results
+    return cfg
 
 
 def _stage_errors() -> tuple[type[BaseException], ...]:
@@ -346,14 +350,46 @@ def run_all(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model
 
 
 @app.command()
+def study(name: Annotated[str, typer.Option("--name", help="Study name: directory studies/NAME/ and the MLflow "
+                                                            "tag `study`.")] = "embedded",
+          seeds: Annotated[int, typer.Option("--seeds", min=1, help="Number of RL seeds per mode.")] = 3,
+          first_seed: Annotated[int, typer.Option("--first-seed", min=0, help="Seeds are first..first+N-1.")] = 1,
+          modes: Annotated[str, typer.Option("--modes", help="Comma-separated router modes to compare.")]
+          = "tarpo,hard,soft-fixed",
+          jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once, each in its own process with "
+                                            "runtime.threads threads (2 cores: --jobs 2 --set runtime.threads=1).")]
+          = 1,
+          params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model: ModelOption = None,
+          steps: StepsOption = None) -> None:
+    """Seeded study: router modes x RL seeds from one shared warm-up, evaluated on the same problems.
+
+    Writes studies/NAME/{study.json,study.md,scores.png,curves.png}; one MLflow run per (mode, seed), named
+    <mode>-s<seed> and tagged study/mode/seed (`compare --study NAME` prints them). Re-running resumes.
+    """
+    from pipeline.study import Study
+
+    command = " ".join(["python cli.py study", *sys.argv[2:]]) if sys.argv[1:2] == ["study"] else "python cli.py study"
+    with stage_errors():
+        cfg = _stage_params(params, sets, model, steps)
+        runner = Study(cfg, name, seeds=list(range(first_seed, first_seed + seeds)),
+                       modes=[m.strip() for m in modes.split(",") if m.strip()], command=command, jobs=jobs)
+        with _sigterm_as_interrupt():
+            runner.run()
+    typer.echo((runner.root / "study.md").read_text())
+
+
+@app.command()
 def compare(last: Annotated[int, typer.Option("--last", "-n", min=1, help="How many recent runs.")] = 5,
+            study_name: Annotated[Optional[str], typer.Option(
+                "--study", help="Instead: every run of this study (tag `study`), per mode with mean ± stderr.")]
+            = None,
             params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None) -> None:
-    """The last N MLflow runs side by side: key params and metrics."""
+    """The last N MLflow runs side by side (key params and metrics), or one study's runs per mode."""
     with stage_errors():
         cfg = _stage_params(params, sets)
-        from pipeline.compare import compare_runs
+        from pipeline.compare import compare_runs, compare_study
 
-        typer.echo(compare_runs(cfg.tracking, last=last))
+        typer.echo(compare_study(cfg.tracking, study_name) if study_name else compare_runs(cfg.tracking, last=last))
 
 
 @app.command()

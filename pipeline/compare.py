@@ -75,3 +75,49 @@ def compare_runs(tracking_cfg, last: int = 5) -> str:
     rows.append(("eval problems", [_fmt(_int(r.data.metrics.get("eval/tarpo_num_problems"))) for r in runs]))
     rows += [(f"eval {key}", [_fmt(e.get(key)) for e in evals]) for key in eval_keys]
     return table(rows)
+
+
+def compare_study(tracking_cfg, study: str) -> str:
+    """Every run tagged `study=<study>`: one row per run, then per mode the mean ± stderr over seeds of the
+    held-out avg@k (the same numbers as studies/<study>/study.md, read back from MLflow)."""
+    from mlflow import MlflowClient
+
+    from pipeline.study import STUDY_TAG
+    from tarpo.study import mean_stderr
+    from tarpo.tracking import check_tracking_uri
+
+    check_tracking_uri(tracking_cfg.uri)
+    client = MlflowClient(tracking_uri=tracking_cfg.uri)
+    experiment = client.get_experiment_by_name(tracking_cfg.experiment)
+    if experiment is None:
+        return f"no experiment {tracking_cfg.experiment!r} in {tracking_cfg.uri} yet; run `python cli.py study` first"
+    escaped = study.replace("'", "\\'")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.{STUDY_TAG} = '{escaped}'",
+                              max_results=1000)
+    if not runs:
+        return f"no runs tagged {STUDY_TAG}={study!r} in experiment {tracking_cfg.experiment!r}"
+
+    def seed(run) -> int:
+        try:
+            return int(run.data.tags.get("seed", -1))
+        except ValueError:
+            return -1
+
+    runs = sorted(runs, key=lambda r: (r.data.tags.get("mode", ""), seed(r)))
+    rows: list[tuple[str, list[str]]] = [("run", [r.info.run_name or r.info.run_id[:8] for r in runs]),
+                                         ("status", [r.info.status for r in runs])]
+    keys = (("held-out avg@k", "eval/tarpo_avg_at_k"), ("vs warm-up", "eval/improvement"),
+            ("paired stderr", "eval/improvement_stderr"), ("greedy accuracy", "eval/tarpo_greedy_accuracy"),
+            ("soft ratio (eval)", "eval/tarpo_soft_ratio"), ("reward (last 5)", "train/reward_mean_last5"))
+    rows += [(label, [_fmt(r.data.metrics.get(key)) for r in runs]) for label, key in keys]
+    lines = [table(rows), "", "per mode (held-out avg@k, mean ± stderr over seeds):"]
+    for mode in sorted({r.data.tags.get("mode", "?") for r in runs}):
+        values = [r.data.metrics["eval/tarpo_avg_at_k"] for r in runs
+                  if r.data.tags.get("mode") == mode and "eval/tarpo_avg_at_k" in r.data.metrics]
+        if not values:
+            lines.append(f"  {mode}: no evaluated run yet")
+            continue
+        mean, stderr = mean_stderr(values)
+        spread = "" if len(values) < 2 else f" ± {stderr:.4f}"
+        lines.append(f"  {mode}: {mean:.4f}{spread} ({len(values)} seeds)")
+    return "\n".join(lines)

@@ -136,7 +136,7 @@ def run_evaluate(*, cfg, eval_path: str | Path = paths.EVAL_DATA, warmup_dir: st
         check_run(cfg.tracking, run_id)
     results, metrics = {}, {}
     for name, trained in (("warmup", None), ("tarpo", trained_dir)):
-        policy, tokenizer, _ = load_policy(cfg.model, cfg.router, seed=cfg.train.seed, base_path=base,
+        policy, tokenizer, _ = load_policy(cfg.model, cfg.router, seed=cfg.warmup.seed, base_path=base,
                                            trained_dir=trained, models_dir=models_dir)
         log(f"evaluating {name} model on {len(records)} problems x {cfg.eval.num_samples} samples")
         results[name], summary = evaluate_policy(policy, tokenizer, records, cfg, log=log if name == "warmup" else None)
@@ -189,7 +189,7 @@ def run_evaluate_model(*, cfg, eval_path: str | Path | None = None, out_root: st
     if cfg.eval.max_problems:
         records = records[:cfg.eval.max_problems]
     base = configured_base(cfg, models_dir)
-    policy, tokenizer, resolved = load_policy(cfg.model, cfg.router, seed=cfg.train.seed, models_dir=models_dir)
+    policy, tokenizer, resolved = load_policy(cfg.model, cfg.router, seed=cfg.warmup.seed, models_dir=models_dir)
     log(f"evaluating {resolved.name} by itself on {len(records)} problems x {cfg.eval.num_samples} samples")
     results, summary = evaluate_policy(policy, tokenizer, records, cfg, log=log)
     out_dir = Path(out_root) / model_label(resolved.name)

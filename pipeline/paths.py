@@ -22,6 +22,7 @@ TRAINED_DIR = "models/tarpo"                 # adapter + routers (+ base referen
 TRAINED_BASE = "base.json"                   # inside TRAINED_DIR: the start weights really loaded
 TRAIN_METRICS = "metrics/train.json"
 TRAIN_PLOT = "plots/train.csv"
+HELDOUT_PLOT = "plots/heldout.csv"           # held-out avg@k during training (eval.every)
 TRAIN_FIGURE = "plots/train.png"             # the same curves as a PNG (offline; also logged to MLflow)
 RUN_INFO = "outputs/run_info.json"           # tracking run id + params hash for evaluate / register
 

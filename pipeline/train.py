@@ -30,6 +30,8 @@ from tarpo.io import write_json_atomic, write_text_atomic
 LAUNCHED_ENV = "TARPO_ACCELERATE_CHILD"   # set on processes started by launch_command
 HASH_FILE = "params.sha256"                # inside the checkpoint dir
 STEP_LOG = "steps.jsonl"                   # inside the checkpoint dir: per-step rows, survives a kill
+HELDOUT_LOG = "heldout.jsonl"              # inside the checkpoint dir: held-out evaluations (eval.every)
+HELDOUT_COLUMNS = ("step", "avg_at_k", "pass_at_1", "soft_ratio", "mean_length", "answer_found_rate")
 PLOT_COLUMNS = ("step", "reward_mean", "reward_std", "accuracy", "soft_ratio", "completion_length",
                 "explicit_length", "kl_token", "kl_router", "token_entropy", "router_entropy", "lr",
                 "grad_norm", "step_seconds")
@@ -108,13 +110,36 @@ def _read_step_log(path: Path, upto: int, log=print) -> list[dict]:
     return [r for r in rows if r.get("step", upto + 1) <= upto]
 
 
-def _plot_csv(rows: list[dict]) -> str:
+def _plot_csv(rows: list[dict], columns: tuple[str, ...] = PLOT_COLUMNS) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=PLOT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in PLOT_COLUMNS})
+        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in columns})
     return buffer.getvalue()
+
+
+def heldout_evaluator(cfg, tokenizer, eval_path: str | Path, log=print):
+    """`evaluate_fn(policy)` for eval.every: the first eval.every_problems held-out problems, eval.num_samples
+    samples each at eval.temperature with the eval seed (no greedy pass), so every point of the curve sees the same
+    problems and the same random numbers; None when eval.every is 0."""
+    if not cfg.eval.every:
+        return None
+    from pipeline.evaluate import evaluate_policy
+    from tarpo.data import DataError, read_prepared
+
+    records = read_prepared(require_file(eval_path, "prepare"))[:cfg.eval.every_problems]
+    if not records:
+        raise DataError(f"{eval_path}: no records for the held-out curve (eval.every={cfg.eval.every}); re-run "
+                        "`python cli.py prepare` or set eval.every=0")
+    during = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"greedy": False})}, deep=True)
+    log(f"held-out curve: {len(records)} eval problems x {cfg.eval.num_samples} samples every {cfg.eval.every} steps")
+
+    def evaluate_fn(policy) -> dict[str, float]:
+        _, summary = evaluate_policy(policy, tokenizer, records, during)
+        return {k: float(summary[k]) for k in HELDOUT_COLUMNS[1:] if isinstance(summary.get(k), (int, float))}
+
+    return evaluate_fn
 
 
 def summary_metrics(rows: list[dict], last: int = 5) -> dict[str, float]:
@@ -129,6 +154,15 @@ def summary_metrics(rows: list[dict], last: int = 5) -> dict[str, float]:
         if values:
             out[f"{key}_last{last}"] = sum(values) / len(values)
     return out
+
+
+def heldout_summary(rows: list[dict]) -> dict[str, float]:
+    """metrics/train.json: the held-out avg@k before the first step and after the last (eval.every)."""
+    ordered = sorted((r for r in rows if "avg_at_k" in r), key=lambda r: r["step"])
+    if not ordered:
+        return {}
+    return {"heldout_first_avg_at_k": ordered[0]["avg_at_k"], "heldout_last_avg_at_k": ordered[-1]["avg_at_k"],
+            "heldout_points": len(ordered)}
 
 
 def _open_train_run(tracking_cfg, run_id: str | None, tags: dict, log, run_name: str):
@@ -186,8 +220,8 @@ def build_trainer(cfg, records, base: Path | None, checkpoint_dir: Path, models_
     from tarpo.rollout import RolloutSettings
     from tarpo.trainer import TarpoTrainer, TrainSettings
 
-    policy, tokenizer, resolved = load_policy(cfg.model, cfg.router, seed=cfg.train.seed, base_path=base,
-                                              models_dir=models_dir)
+    policy, tokenizer, resolved = load_policy(cfg.model, cfg.router, seed=cfg.train.seed, router_seed=cfg.warmup.seed,
+                                              base_path=base, models_dir=models_dir)
     reward = make_reward_fn(marker=cfg.rollout.answer_marker, **cfg.reward.model_dump())
     prompts = chat_prompts(tokenizer, [r.prompt for r in records], cfg.data, cfg.rollout)
     long_prompts = count_long_prompts(tokenizer, prompts, cfg.rollout.max_prompt_tokens)
@@ -207,13 +241,19 @@ def build_trainer(cfg, records, base: Path | None, checkpoint_dir: Path, models_
 
 
 def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAMS,
-              train_path: str | Path = paths.TRAIN_DATA, warmup_dir: str | Path = paths.WARMUP_DIR,
+              train_path: str | Path = paths.TRAIN_DATA, eval_path: str | Path = paths.EVAL_DATA,
+              warmup_dir: str | Path = paths.WARMUP_DIR,
               checkpoint_dir: str | Path = paths.CHECKPOINT_DIR, trained_dir: str | Path = paths.TRAINED_DIR,
               metrics_path: str | Path = paths.TRAIN_METRICS, plot_path: str | Path = paths.TRAIN_PLOT,
               plot_figure_path: str | Path | None = None,
+              heldout_plot_path: str | Path = paths.HELDOUT_PLOT,
               run_info_path: str | Path = paths.RUN_INFO, models_dir: str | Path = paths.MODELS_DIR,
+              extra_tags: dict | None = None, run_name: str | None = None,
               log=print, progress: bool = True) -> dict:
-    """Train (resuming when possible), export the weights and write metrics; returns metrics/train.json."""
+    """Train (resuming when possible), export the weights and write metrics; returns metrics/train.json.
+
+    `extra_tags` / `run_name` label the MLflow run (the study's `study`, `mode`, `seed` tags and `tarpo-s1` names).
+    """
     check_tracking(cfg.tracking)
     from tarpo.data import DataError, read_prepared
     from tarpo.tracking import end_stale_run
@@ -228,6 +268,7 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
     external = launched_externally()
     # the model and LoRA targets are built and checked before checkpoints/ is touched
     trainer, _ = build_trainer(cfg, records, base, checkpoint_dir, models_dir, log, params_hash=digest)
+    evaluate_fn = heldout_evaluator(cfg, trainer.tokenizer, eval_path, log)
     stale_run = _checkpoint_run_id(checkpoint_dir)
     if not child and not external:  # our launcher already did this before starting the processes
         prepare_checkpoints(checkpoint_dir, digest, resume, log)
@@ -238,6 +279,8 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
     resumed = trainer.resume() if resume else False
     step_log = checkpoint_dir / STEP_LOG
     rows = _read_step_log(step_log, trainer.state.step, log)  # a bad log stops the stage before a run opens
+    heldout_log = checkpoint_dir / HELDOUT_LOG
+    heldout_rows = _read_step_log(heldout_log, trainer.state.step, log) if resumed else []
     main = trainer.accelerator.is_main_process
     tracker = None
     if main:
@@ -245,8 +288,9 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
 
         label = model_label(cfg.model)
         tags = {"stage": "train", "preset": cfg.model.preset or f"local:{cfg.model.path}", "params_hash": digest[:12],
-                "model": label, "mode": cfg.router.mode, "seed": cfg.train.seed}
-        run_name = default_run_name(label, cfg.router.mode, cfg.train.seed, os.environ.get("DVC_EXP_NAME"))
+                "model": label, "mode": cfg.router.mode, "seed": cfg.train.seed, **(extra_tags or {})}
+        run_name = run_name or cfg.tracking.run_name or default_run_name(label, cfg.router.mode, cfg.train.seed,
+                                                                         os.environ.get("DVC_EXP_NAME"))
         tracker = _open_train_run(cfg.tracking, trainer.state.run_id if resumed else None, tags, log, run_name)
         run_id = getattr(tracker, "run_id", None)
         if run_id:
@@ -264,6 +308,7 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
         trainer.tracker = tracker
     if main:
         write_text_atomic(step_log, "".join(json.dumps(r) + "\n" for r in rows))
+        write_text_atomic(heldout_log, "".join(json.dumps(r) + "\n" for r in heldout_rows))
 
     def on_step(step: int, metrics: dict) -> None:
         row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
@@ -272,10 +317,19 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
         with open(step_log, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
 
+    def on_evaluate(step: int, metrics: dict) -> None:
+        row = {"step": step, **metrics}
+        heldout_rows[:] = [r for r in heldout_rows if r["step"] != step] + [row]
+        with open(heldout_log, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+        log(f"step {step}: held-out avg@k {metrics.get('avg_at_k', float('nan')):.3f} "
+            f"(soft ratio {metrics.get('soft_ratio', 0.0):.3f})")
+
     started = time.perf_counter()
     status = "FAILED"
     try:
-        trainer.train(on_step=on_step, progress=progress)
+        trainer.train(on_step=on_step, progress=progress, evaluate_fn=evaluate_fn, evaluate_every=cfg.eval.every or 0,
+                      on_evaluate=on_evaluate)
         status = "FINISHED"
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (cli.py turns it into this)
         status = "KILLED"
@@ -293,15 +347,20 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
         write_json_atomic(tmp / paths.TRAINED_BASE, {k: info[k] for k in ("base", "run_id")})
 
     write_dir_atomic(trained_dir, write)
-    metrics = {**summary_metrics(rows), "resumed": int(resumed), "train_seconds": time.perf_counter() - started}
+    metrics = {**summary_metrics(rows), **heldout_summary(heldout_rows), "resumed": int(resumed),
+               "train_seconds": time.perf_counter() - started}
     write_text_atomic(plot_path, _plot_csv(rows))
+    write_text_atomic(heldout_plot_path, _plot_csv(sorted(heldout_rows, key=lambda r: r["step"]), HELDOUT_COLUMNS))
     from tarpo.plots import save_png, train_figure
 
-    figure = train_figure(rows, f"TARPO training: {model_label(cfg.model)}, {cfg.router.mode}, seed {cfg.train.seed}")
+    curve = [{"step": r["step"], "eval_avg_at_k": r["avg_at_k"]} for r in heldout_rows if "avg_at_k" in r]
+    figure = train_figure(rows + curve, f"TARPO training: {model_label(cfg.model)}, {cfg.router.mode}, "
+                                        f"seed {cfg.train.seed}")
     figure_path = save_png(figure, plot_figure_path or Path(plot_path).with_suffix(".png"))  # beside the CSV
     write_json_atomic(metrics_path, metrics)
     write_json_atomic(run_info_path, info)
     tracker.log_artifact(str(plot_path))
+    tracker.log_artifact(str(heldout_plot_path))
     tracker.log_artifact(str(figure_path), "plots")
     tracker.log_metrics({f"train/{k}": float(v) for k, v in metrics.items()})
     tracker.close("FINISHED")

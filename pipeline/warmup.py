@@ -1,6 +1,6 @@
 """warmup stage: supervised fine-tuning of the `tiny` preset on worked solutions, before TARPO.
 
-Reads the `warmup` section (plus the model, the prompt format and train.seed) and the prepared train split.
+Reads the `warmup` section (plus the model and the prompt format) and the prepared train split.
 Writes (atomically) `models/warmup/` (HF model + tokenizer + warmup.json), `metrics/warmup.json` and
 `plots/warmup.csv`. warmup.json records `made_from` = {preset, path, weights_sha256} of the base it was made from:
 later stages use the output only when that is the configured model (pipeline.common.choose_base). When the recipe
@@ -52,10 +52,10 @@ def run_warmup(*, cfg, train_path: str | Path = paths.TRAIN_DATA, out_dir: str |
     model, tokenizer = load_model_and_tokenizer(resolved, dtype=resolve_dtype("float32", device), device=device)
     prompts = chat_prompts(tokenizer, [r.prompt for r in records], cfg.data, cfg.rollout)
     settings = WarmupSettings(steps=cfg.warmup.steps, lr=cfg.warmup.lr, batch_size=cfg.warmup.batch_size,
-                              seed=cfg.train.seed)
+                              seed=cfg.warmup.seed)
     rows: list[dict] = []
     started = time.perf_counter()
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(cfg.warmup.seed)
     result = supervised_warmup(model, tokenizer, prompts, [r.solution for r in records], settings=settings,
                                max_tokens=cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens,
                                on_step=lambda step, m: rows.append({"step": step, **m}), progress=progress)

@@ -1,4 +1,5 @@
-"""Rewrite the params and recipes tables in README.md from the code (field descriptions, tarpo/recipes.py).
+"""Rewrite the generated blocks of README.md: params and recipes tables (from the code) and the results section
+(from the committed metrics/eval.json and studies/*/study.json).
 
 Usage: python scripts/render_params_table.py [--check]   (--check: exit 1 if README.md is out of date)
 """
@@ -11,11 +12,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipeline.study import readme_results  # noqa: E402
 from tarpo.config import params_table_markdown  # noqa: E402
 from tarpo.recipes import recipes_table_markdown  # noqa: E402
 
 START, END = "<!-- params-table:start -->", "<!-- params-table:end -->"
-BLOCKS = {"params-table": params_table_markdown, "recipes-table": recipes_table_markdown}
+BLOCKS = {"params-table": params_table_markdown, "recipes-table": recipes_table_markdown,
+          "results": lambda: readme_results(ROOT)}
 
 
 def _replace(text: str, name: str, table: str) -> str:

@@ -215,6 +215,8 @@ class WarmupConfig(BaseModel):
     lr: Optional[float] = Field(None, gt=0, description=f"Warm-up learning rate{_R}.")
     batch_size: Optional[int] = Field(None, ge=1, description=f"Warm-up examples per step{_R}.")
     train_fraction: Optional[float] = Field(None, gt=0, le=1, description=f"Fraction of training records used for warm-up{_R}.")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed of the warm-up (batches) and of the start router; "
+                      "separate from train.seed, so a seed sweep shares one warm-up model.")
 
 
 class TrainConfig(BaseModel):
@@ -280,6 +282,9 @@ class EvalConfig(BaseModel):
     max_new_tokens: Optional[int] = Field(None, ge=1, description="null = rollout.max_new_tokens.")
     max_problems: Optional[int] = Field(None, ge=1, description=f"Evaluate the first N problems{_R} (which may be all).")
     seed: int = Field(1234, ge=0, le=SEED_MAX, description="Seed for evaluation sampling.")
+    every: Optional[int] = Field(None, ge=0, description="Steps between held-out evaluations during training (the "
+                                 f"first every_problems eval problems, sampled only); 0 = off{_R}.")
+    every_problems: Optional[int] = Field(None, ge=1, description=f"Eval problems used during training{_R}.")
 
     @model_validator(mode="after")
     def _rules(self) -> "EvalConfig":
@@ -296,6 +301,14 @@ class EvalConfig(BaseModel):
             problems.append(("pass_k", f"duplicate values in {self.pass_k}; list each k once"))
         _fail(problems)
         return self
+
+
+class RuntimeConfig(BaseModel):
+    model_config = _STRICT
+    threads: Optional[int] = Field(2, ge=1, description="CPU intra-op threads in every stage (torch and BLAS); fixed "
+                                   "because the thread count changes float reduction order; null = torch's default.")
+    deterministic: Optional[bool] = Field(None, description="torch deterministic algorithms; null = on for CPU runs, "
+                                          "off on CUDA (slower there).")
 
 
 class TrackingConfig(BaseModel):
@@ -343,6 +356,7 @@ with warnings.catch_warnings():
         train: TrainConfig = Field(default_factory=TrainConfig, description="TARPO optimisation.")
         eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation stage.")
         reward: RewardConfig = Field(default_factory=RewardConfig, description="Answer rule and equivalence.")
+        runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="CPU threads, determinism.")
         tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking.")
         register: RegisterConfig = Field(default_factory=RegisterConfig, description="MLflow model registry.")
 

@@ -23,8 +23,11 @@ def default_device() -> str:
 
 
 def load_policy(model_cfg, router_cfg, *, device: str | None = None, seed: int = 0, trained_dir: str | Path | None = None,
-                base_path: str | Path | None = None, models_dir: str | Path = "models"):
+                base_path: str | Path | None = None, models_dir: str | Path = "models", router_seed: int | None = None):
     """(policy, tokenizer, resolved model).
+
+    `seed` initialises the adapter; `router_seed` (default: `seed`) the start router, which the pipeline ties to
+    warmup.seed so that a seed sweep (train.seed) starts every run from the same policy.
 
     `base_path` replaces the configured model's weights. Callers pass only start weights MADE FROM the configured
     model (pipeline.common.choose_base checks the warm-up output's fingerprint): never another model's.
@@ -43,7 +46,7 @@ def load_policy(model_cfg, router_cfg, *, device: str | None = None, seed: int =
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     hidden = backbone.config.hidden_size if hasattr(backbone, "config") else backbone.get_base_model().config.hidden_size
     init_bias = router_cfg.init_bias if router_cfg.init_bias is not None else (4.6, 0.0)
-    router = Router(hidden, init_bias, generator=torch.Generator().manual_seed(seed))
+    router = Router(hidden, init_bias, generator=torch.Generator().manual_seed(seed if router_seed is None else router_seed))
     policy = HybridPolicy(backbone, router).to(device)
     if trained_dir is not None:
         load_weights(policy, Path(trained_dir))

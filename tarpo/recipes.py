@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-RECIPES_VERSION = 1
+RECIPES_VERSION = 2
 TASKS = ("gsm8k", "math", "gsm-symbolic")
 DEFAULT_TASK = "gsm8k"
 SMALL_MODEL_PARAMETERS = 1.0e9  # below this a model is "small": it fits without gradient checkpointing
@@ -75,6 +75,8 @@ TINY = Recipe("tiny", "embedded 2-core CPU profile: tiny model + synthetic 1-2 s
     "eval.pass_k": [1, 4],
     "eval.batch_size": 32,
     "eval.max_problems": 200,
+    "eval.every": 10,                             # held-out curve: 100 problems x 4 samples, about 5 s each
+    "eval.every_problems": 100,
     "reward.kind": "auto",
     "reward.answer_rule": "marker",
     "register.name": "tarpo-tiny",
@@ -113,6 +115,8 @@ _PAPER_COMMON = {
     "train.keep_checkpoints": 3,
     "eval.batch_size": 64,
     "eval.max_problems": None,                    # the whole test split; k as the authors' eval scripts (below)
+    "eval.every": 100,                            # as verl's test_freq: a held-out curve, ~10 points per epoch
+    "eval.every_problems": 64,
     "reward.answer_rule": "marker-or-boxed",
 }
 _TASK_VALUES = {

@@ -21,7 +21,7 @@ import math
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -386,11 +386,40 @@ class TarpoTrainer:
                                 f"or check the reward function")
 
     # ------------------------------------------------------------------ loop
-    def train(self, on_step: Callable[[int, dict[str, float]], None] | None = None, progress: bool = True) -> TrainerState:
-        """Run until `settings.steps`; checkpoints every `checkpoint_every` steps and at the end."""
+    def held_out(self, evaluate_fn: Callable[[Any], dict[str, float]]) -> dict[str, float]:
+        """Evaluate the current policy (every process calls this: sharded weights are gathered first).
+
+        `evaluate_fn(policy)` must use its own seeded generator, so evaluating never changes the training run.
+        """
+        sharding.gather_root(self.accelerator, self.module)
+        self.policy.eval()
+        try:
+            with torch.no_grad():
+                return evaluate_fn(self.policy)
+        finally:
+            self.policy.train()
+
+    def train(self, on_step: Callable[[int, dict[str, float]], None] | None = None, progress: bool = True, *,
+              evaluate_fn: Callable[[Any], dict[str, float]] | None = None, evaluate_every: int = 0,
+              on_evaluate: Callable[[int, dict[str, float]], None] | None = None) -> TrainerState:
+        """Run until `settings.steps`; checkpoints every `checkpoint_every` steps and at the end.
+
+        With `evaluate_fn` and `evaluate_every` > 0 the policy is also evaluated before the first step, every
+        `evaluate_every` steps and after the last, logged as `heldout/<metric>` and passed to `on_evaluate`.
+        """
         from tqdm.auto import tqdm
 
         s = self.settings
+        evaluating = evaluate_fn is not None and evaluate_every > 0
+
+        def evaluate(step: int) -> None:
+            metrics = self.held_out(evaluate_fn)
+            self.tracker.log_metrics({f"heldout/{k}": float(v) for k, v in metrics.items()}, step=step)
+            if on_evaluate is not None and self.accelerator.is_main_process:
+                on_evaluate(step, metrics)
+
+        if evaluating and self.state.step == 0:
+            evaluate(0)
         bar = tqdm(total=s.steps, initial=self.state.step, desc="tarpo train", unit="step",
                    disable=not (progress and self.accelerator.is_main_process))
         while self.state.step < s.steps:
@@ -399,6 +428,8 @@ class TarpoTrainer:
             self.tracker.log_metrics(outcome.metrics, step=step)
             if on_step is not None and self.accelerator.is_main_process:
                 on_step(step, outcome.metrics)
+            if evaluating and (step % evaluate_every == 0 or step == s.steps):
+                evaluate(step)
             if s.log_samples_every and (step % s.log_samples_every == 0 or step == 1):
                 g = s.group_size
                 self.tracker.log_text(render_html(self.tokenizer, outcome.rollout, prompts=outcome.prompts[::g],

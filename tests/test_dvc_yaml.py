@@ -32,7 +32,7 @@ def test_outputs_match_paths_module():
     assert _written("prepare") == {paths.PREPARED_DIR, paths.PREPARE_METRICS}
     assert _written("warmup") == {paths.WARMUP_DIR, paths.WARMUP_METRICS, paths.WARMUP_PLOT}
     assert _written("train") == {paths.TRAINED_DIR, paths.RUN_INFO, paths.TRAIN_METRICS, paths.TRAIN_PLOT,
-                                 paths.TRAIN_FIGURE}
+                                 paths.TRAIN_FIGURE, paths.HELDOUT_PLOT}
     assert _written("evaluate") == {paths.EVAL_DIR, paths.EVAL_METRICS, paths.EVAL_PLOT, paths.EVAL_FIGURE}
     assert _written("register") == {paths.REGISTER_INFO}
     assert Path(paths.TRAIN_PLOT).with_suffix(".png") == Path(paths.TRAIN_FIGURE)   # the stages write them side by side

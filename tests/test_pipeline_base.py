@@ -29,7 +29,8 @@ PARAMS = ROOT / "params.yaml"
 SMALL = ["data.train_size=16", "data.eval_size=4", "data.source=synthetic", "warmup.steps=2", "warmup.batch_size=4",
          "tracking.enabled=false", "register.enabled=false", "rollout.group_size=2", "rollout.prompts_per_step=2",
          "rollout.max_new_tokens=6", "rollout.max_prompt_tokens=64", "train.steps=1", "train.micro_batch_size=4",
-         "eval.num_samples=1", "eval.pass_k=[1]", "eval.batch_size=4", "eval.max_problems=2", "eval.greedy=false"]
+         "eval.num_samples=1", "eval.pass_k=[1]", "eval.batch_size=4", "eval.max_problems=2", "eval.greedy=false",
+         "eval.every=0"]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,352 @@
+"""`cli.py study`: a seeded grid of router modes x RL seeds on one profile, and its report.
+
+Why over the stage functions and not a `dvc exp run --queue` grid: every run must start from the SAME warm-up
+model and be evaluated on the SAME problems with the same sampling seed, so that the differences between runs are
+the RL runs' alone (paired per problem). Here prepare and warm-up run once, in `studies/<name>/shared/`; then
+for each (mode, seed) the train stage runs with `router.mode` and `train.seed` changed and nothing else, and the
+trained model is evaluated on the shared eval split. A killed study resumes: finished runs are kept (their
+`result.json` matches the config), a half-trained run resumes from its checkpoints.
+
+Layout under `studies/<name>/`: `shared/` (prepared data, warm-up model, warm-up evaluation), `runs/<mode>-s<seed>/`
+(checkpoints, model, curves, per-problem eval), and the report: `study.json`, `study.md`, `scores.png`,
+`curves.png`. Each run is an MLflow run named `<mode>-s<seed>` with tags `study`, `mode`, `seed`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Sequence
+
+from pipeline import paths
+from pipeline.common import choose_base, open_run
+from pipeline.evaluate import EVAL_SET_TAG, eval_set_record, evaluate_policy
+from tarpo.errors import InputError
+from tarpo.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
+
+MODES = ("tarpo", "hard", "soft-fixed")
+STUDY_TAG = "study"
+RESULT_FILE = "result.json"
+SHARED_SECTIONS = ("data", "model", "warmup", "runtime")          # what the shared prepare + warm-up depend on
+SHARED_KEYS = ("rollout.max_prompt_tokens", "rollout.max_new_tokens", "rollout.answer_marker")
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _dotted(dump: dict, key: str):
+    node = dump
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def shared_hash(cfg) -> str:
+    """Hash of the settings prepare and warm-up read: equal hash, reusable shared outputs."""
+    dump = cfg.model_dump(mode="json")
+    return _digest({**{s: dump[s] for s in SHARED_SECTIONS}, **{k: _dotted(dump, k) for k in SHARED_KEYS}})
+
+
+def run_config(cfg, mode: str, seed: int):
+    """The study's only changes to the config of one run: the router mode and the RL seed."""
+    router = cfg.router.model_copy(update={"mode": mode})
+    train = cfg.train.model_copy(update={"seed": seed})
+    return cfg.model_copy(update={"router": router, "train": train}, deep=True)
+
+
+def run_hash(cfg, shared: str) -> str:
+    """A finished run is reused only when everything it depends on is unchanged (its whole config + shared)."""
+    dump = cfg.model_dump(mode="json")
+    dump.pop("register", None)
+    dump["tracking"].pop("run_name", None)
+    return _digest({"config": dump, "shared": shared})
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = ""
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), "")
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu_model": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+class Study:
+    """Paths and steps of one study; `run()` does everything and returns the report."""
+
+    def __init__(self, cfg, name: str, *, seeds: Sequence[int], modes: Sequence[str] = MODES,
+                 root: str | Path = "studies", models_dir: str | Path = paths.MODELS_DIR, log=print,
+                 progress: bool = True, command: str = "", jobs: int = 1):
+        if cfg.train.num_processes != 1 or cfg.train.accelerate_config:
+            raise InputError("study: runs train one process each; set train.num_processes=1 and "
+                             "train.accelerate_config=null (or run a multi-process grid with dvc exp run)")
+        unknown = [m for m in modes if m not in MODES]
+        if unknown or not modes:
+            raise InputError(f"--modes: {', '.join(unknown) or '(none)'} not in {', '.join(MODES)}")
+        if len(set(seeds)) != len(seeds) or not seeds:
+            raise InputError(f"--seeds: need distinct seeds, got {list(seeds)}")
+        if not name or "/" in name or name.startswith("."):
+            raise InputError(f"--name: {name!r} must be a plain directory name")
+        if jobs < 1:
+            raise InputError(f"--jobs: {jobs} must be >= 1")
+        self.cfg, self.name, self.seeds, self.modes, self.jobs = cfg, name, list(seeds), list(modes), jobs
+        self.root = Path(root) / name
+        self.shared = self.root / "shared"
+        self.models_dir, self.log, self.progress, self.command = models_dir, log, progress, command
+        self.train_path = self.shared / paths.TRAIN_DATA
+        self.eval_path = self.shared / paths.EVAL_DATA
+        self.warmup_dir = self.shared / paths.WARMUP_DIR
+
+    # ------------------------------------------------------------------ shared stages
+    def prepare_shared(self) -> str:
+        """prepare + warm-up once for every run (reused when their settings are unchanged)."""
+        from pipeline.prepare import run_prepare
+        from pipeline.warmup import run_warmup
+
+        digest = shared_hash(self.cfg)
+        state = self.shared / "shared.json"
+        if state.is_file() and json.loads(state.read_text()).get("hash") == digest and self.warmup_dir.is_dir():
+            self.log(f"study {self.name}: reusing {self.shared}/ (prepared data and warm-up model)")
+            return digest
+        self.log(f"study {self.name}: prepare and warm-up, shared by every run")
+        run_prepare(data_cfg=self.cfg.data, out_dir=self.shared / paths.PREPARED_DIR,
+                    metrics_path=self.shared / paths.PREPARE_METRICS)
+        run_warmup(cfg=self.cfg, train_path=self.train_path, out_dir=self.warmup_dir,
+                   metrics_path=self.shared / paths.WARMUP_METRICS, plot_path=self.shared / paths.WARMUP_PLOT,
+                   models_dir=self.models_dir, progress=self.progress)
+        write_json_atomic(state, {"hash": digest})
+        return digest
+
+    def eval_records(self):
+        from tarpo.data import DataError, read_prepared
+
+        records = read_prepared(self.eval_path)
+        if self.cfg.eval.max_problems:
+            records = records[:self.cfg.eval.max_problems]
+        if not records:
+            raise DataError(f"{self.eval_path}: no eval records; check data.eval_size")
+        return records
+
+    def evaluate(self, trained_dir: Path | None, cfg, records) -> tuple[list, dict]:
+        from tarpo.factory import load_policy
+
+        base, _ = choose_base(cfg, self.warmup_dir, self.models_dir, self.log)
+        policy, tokenizer, _ = load_policy(cfg.model, cfg.router, seed=cfg.warmup.seed, base_path=base,
+                                           trained_dir=trained_dir, models_dir=self.models_dir)
+        return evaluate_policy(policy, tokenizer, records, cfg)
+
+    def warmup_eval(self, records, eval_set: dict) -> tuple[list[float], dict]:
+        """The shared start model's per-problem avg@k (cached per eval set)."""
+        from tarpo.evaluate import avg_at_k
+
+        cache = self.shared / f"warmup-eval-{eval_set['hash']}.json"
+        if cache.is_file():
+            stored = json.loads(cache.read_text())
+            return stored["per_problem"], stored["summary"]
+        self.log(f"study {self.name}: evaluating the warm-up model on {len(records)} problems")
+        results, summary = self.evaluate(None, self.cfg, records)
+        per_problem = [avg_at_k(r.correct) for r in results]
+        write_jsonl_atomic(self.shared / "warmup-eval.jsonl", (r.to_row() for r in results))
+        keep = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
+        write_json_atomic(cache, {"per_problem": per_problem, "summary": keep})
+        return per_problem, keep
+
+    # ------------------------------------------------------------------ one run
+    def run_one(self, mode: str, seed: int, shared: str, records, eval_set: dict, warmup: list[float],
+                warmup_summary: dict) -> dict:
+        from pipeline.train import run_train
+        from tarpo.evaluate import avg_at_k
+        from tarpo.study_report import run_record
+
+        cfg = run_config(self.cfg, mode, seed)
+        run_dir = self.root / "runs" / f"{mode}-s{seed}"
+        digest = run_hash(cfg, shared)
+        result_path = run_dir / RESULT_FILE
+        if result_path.is_file():
+            stored = json.loads(result_path.read_text())
+            if stored.get("run_hash") == digest and stored.get("eval_set") == eval_set["hash"]:
+                self.log(f"study {self.name}: {mode}-s{seed} already done (avg@k {stored['record']['avg_at_k']:.3f})")
+                return stored["record"]
+        started = time.perf_counter()
+        train = run_train(cfg=cfg, resume=True, train_path=self.train_path, eval_path=self.eval_path,
+                          warmup_dir=self.warmup_dir, checkpoint_dir=run_dir / paths.CHECKPOINT_DIR,
+                          trained_dir=run_dir / "model", metrics_path=run_dir / "train.json",
+                          plot_path=run_dir / "train.csv", heldout_plot_path=run_dir / "heldout.csv",
+                          run_info_path=run_dir / "run_info.json", models_dir=self.models_dir, log=self.log,
+                          extra_tags={STUDY_TAG: self.name}, run_name=f"{mode}-s{seed}", progress=self.progress)
+        train_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        results, summary = self.evaluate(run_dir / "model", cfg, records)
+        eval_seconds = time.perf_counter() - started
+        write_jsonl_atomic(run_dir / "eval.jsonl", (r.to_row() for r in results))
+        info = json.loads((run_dir / "run_info.json").read_text())
+        record = run_record(mode, seed, [avg_at_k(r.correct) for r in results], warmup,
+                            run_name=f"{mode}-s{seed}", run_id=info.get("run_id"),
+                            greedy_accuracy=summary.get("greedy_accuracy"), soft_ratio=summary.get("soft_ratio"),
+                            mean_length=summary.get("mean_length"), train_seconds=train_seconds,
+                            eval_seconds=eval_seconds, reward_last5=train.get("reward_mean_last5"),
+                            curves=_curves(run_dir))
+        self._log_eval(cfg, info.get("run_id"), summary, warmup_summary, record, eval_set)
+        write_json_atomic(result_path, {"run_hash": digest, "eval_set": eval_set["hash"], "record": record})
+        self.log(f"study {self.name}: {mode}-s{seed} held-out avg@k {record['avg_at_k']:.3f} (warm-up "
+                 f"{sum(warmup) / len(warmup):.3f}, {record['improvement']:+.3f} ± {record['improvement_stderr']:.3f}); "
+                 f"train {train_seconds:.0f} s, eval {eval_seconds:.0f} s")
+        return record
+
+    def _log_eval(self, cfg, run_id, summary, warmup_summary, record, eval_set) -> None:
+        """The same eval/<model>_<metric> keys as the evaluate stage, so `compare` reads study runs too."""
+        if not (run_id and cfg.tracking.enabled):
+            return
+        tracker = open_run(cfg.tracking, run_id=run_id, tags={EVAL_SET_TAG: eval_set["hash"]}, stage="evaluate")
+        numbers = {f"eval/tarpo_{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+        numbers.update({f"eval/warmup_{k}": float(v) for k, v in warmup_summary.items()})
+        numbers.update({"eval/improvement": record["improvement"],
+                        "eval/improvement_stderr": record["improvement_stderr"]})
+        tracker.log_metrics(numbers)
+        tracker.close()
+
+    def _run_parallel(self, grid, args) -> list[dict]:
+        """Runs in `jobs` worker processes (each with runtime.threads threads). A run's numbers do not depend
+        on which process ran it; each worker writes its log to runs/<mode>-s<seed>.log."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.log(f"study {self.name}: {len(grid)} runs in {self.jobs} processes x {self.cfg.runtime.threads} threads; "
+                 f"logs in {self.root / 'runs'}/<run>.log")
+        setup = (self.cfg.model_dump(mode="json"), self.name, str(self.root.parent), str(self.models_dir))
+        context = multiprocessing.get_context("spawn")   # no fork of a process holding torch threads
+        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=context) as pool:
+            futures = [pool.submit(_worker_run, setup, mode, seed, args) for mode, seed in grid]
+            runs = []
+            for (mode, seed), future in zip(grid, futures):
+                runs.append(future.result())
+                self.log(f"study {self.name}: {mode}-s{seed} done: avg@k {runs[-1]['avg_at_k']:.3f} "
+                         f"({runs[-1]['improvement']:+.3f} vs warm-up)")
+        return runs
+
+    # ------------------------------------------------------------------ all
+    def run(self) -> dict:
+        from tarpo.study_report import build_report, curves_figure, report_markdown, scores_figure
+        from tarpo.plots import save_png
+
+        started = time.perf_counter()
+        shared = self.prepare_shared()
+        records = self.eval_records()
+        eval_set = eval_set_record(records, self.cfg)
+        warmup, warmup_summary = self.warmup_eval(records, eval_set)
+        grid = [(m, s) for s in self.seeds for m in self.modes]   # seed-major: a partial study is balanced
+        args = (shared, records, eval_set, warmup, warmup_summary)
+        if self.jobs > 1:
+            runs = self._run_parallel(grid, args)
+        else:
+            runs = []
+            for i, (mode, seed) in enumerate(grid, 1):
+                self.log(f"study {self.name}: run {i}/{len(grid)}: {mode}-s{seed}")
+                runs.append(self.run_one(mode, seed, *args))
+        meta = {"name": self.name, "command": self.command, "machine": machine(),
+                "wall_seconds": time.perf_counter() - started,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "profile": {"model": self.cfg.model.preset or self.cfg.model.path, "train.steps": self.cfg.train.steps,
+                            "rollout.group_size": self.cfg.rollout.group_size,
+                            "rollout.prompts_per_step": self.cfg.rollout.prompts_per_step,
+                            "data.synthetic.level": self.cfg.data.synthetic.level,
+                            "runtime.threads": self.cfg.runtime.threads},
+                "eval_set": {**eval_set, "num_samples": self.cfg.eval.num_samples}}
+        report = build_report(runs, warmup, warmup_summary=warmup_summary, meta=meta)
+        write_json_atomic(self.root / "study.json", report)
+        write_text_atomic(self.root / "study.md", f"# Study `{self.name}`\n\nCommand: `{self.command}`\n\n"
+                          + report_markdown(report))
+        save_png(scores_figure(report), self.root / "scores.png")
+        save_png(curves_figure(report), self.root / "curves.png")
+        self.log(f"study {self.name}: report in {self.root}/study.md ({report['wall_seconds'] / 60:.1f} min)")
+        return report
+
+
+def _curves(run_dir: Path) -> dict:
+    """Per-step reward and soft ratio, and the held-out points, from the run's CSV files."""
+    import csv
+
+    def read(path: Path) -> list[dict]:
+        if not path.is_file():
+            return []
+        with open(path, newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+
+    steps = read(run_dir / "train.csv")
+    held = [r for r in read(run_dir / "heldout.csv") if r.get("avg_at_k")]
+    return {"step": [int(r["step"]) for r in steps], "reward_mean": [float(r["reward_mean"]) for r in steps],
+            "soft_ratio": [float(r["soft_ratio"]) for r in steps],
+            "heldout_step": [int(r["step"]) for r in held], "heldout_avg_at_k": [float(r["avg_at_k"]) for r in held]}
+
+
+# ------------------------------------------------------------------------------------------ README
+STUDY_TITLES = {"embedded": "The embedded default (`tiny`, synthetic sums)"}
+
+
+def readme_results(root: str | Path = ".") -> str:
+    """The README's results section: the committed DVC baseline and every committed study report, generated
+    from the files (metrics/eval.json, studies/*/study.json) so no number in it is typed by hand."""
+    from tarpo.study_report import report_markdown
+
+    root = Path(root)
+    lines = []
+    metrics_path = root / paths.EVAL_METRICS
+    if metrics_path.is_file():
+        m = json.loads(metrics_path.read_text())
+        lock = root / "dvc.lock"
+        z = m["improvement"] / m["improvement_stderr"] if m.get("improvement_stderr") else float("nan")
+        import yaml
+
+        seed = (yaml.safe_load((root / paths.PARAMS).read_text()) or {}).get("train", {}).get("seed")
+        lines += [f"**The committed `dvc repro` baseline** (`metrics/eval.json`{', `dvc.lock`' if lock.is_file() else ''}"
+                  f", {int(m['tarpo/num_problems'])} held-out problems x {int(m['tarpo/num_samples'])} samples, "
+                  f"`train.seed: {seed}`): warm-up avg@k {m['warmup/avg_at_k']:.3f} -> TARPO "
+                  f"{m['tarpo/avg_at_k']:.3f}, {m['improvement']:+.3f} ± {m['improvement_stderr']:.3f} paired "
+                  f"stderr ({z:.1f} stderrs); greedy {m['warmup/greedy_accuracy']:.3f} -> "
+                  f"{m['tarpo/greedy_accuracy']:.3f}; soft-step ratio {m['warmup/soft_ratio']:.4f} -> "
+                  f"{m['tarpo/soft_ratio']:.4f}.", ""]
+    for path in sorted((root / "studies").glob("*/study.json"), key=lambda p: (p.parent.name != "embedded", p)):
+        report = json.loads(path.read_text())
+        name = report.get("name", path.parent.name)
+        machine_info = report.get("machine", {})
+        where = machine_info.get("gpu") or f"{machine_info.get('cpu_count')}-core {machine_info.get('cpu_model')}"
+        lines += [f"### Study `{name}`: {STUDY_TITLES.get(name, report.get('profile', {}).get('model', ''))}", "",
+                  f"`{report.get('command', '')}` — {where}, torch threads {machine_info.get('torch_threads')}, "
+                  f"{report.get('wall_seconds', 0) / 60:.0f} min wall, finished {report.get('created', '?')}. "
+                  f"Report: [`{path.parent.relative_to(root)}/study.md`]({path.parent.relative_to(root)}/study.md).",
+                  "", report_markdown(report).rstrip(), "",
+                  f"![Held-out avg@k per mode and paired differences]({path.parent.relative_to(root)}/scores.png)",
+                  f"![Reward, soft ratio and held-out curves per run]({path.parent.relative_to(root)}/curves.png)", ""]
+    if not lines:
+        lines = ["No study has been committed yet: run `python cli.py study` and commit `studies/<name>/`.", ""]
+    return "\n".join(lines)
+
+
+def _worker_run(setup, mode: str, seed: int, args) -> dict:
+    """One run in a worker process of `Study._run_parallel` (top level: spawn pickles it by name)."""
+    from tarpo.config import TarpoConfig
+    from tarpo.runtime import apply_runtime
+
+    dump, name, root, models_dir = setup
+    cfg = TarpoConfig.model_validate(dump)
+    apply_runtime(cfg.runtime)
+    log_path = Path(root) / name / "runs" / f"{mode}-s{seed}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as handle:
+        def log(line: str) -> None:
+            handle.write(line + "\n")
+            handle.flush()
+
+        study = Study(cfg, name, seeds=[seed], modes=[mode], root=root, models_dir=models_dir, log=log,
+                      progress=False)
+        return study.run_one(mode, seed, *args)
