@@ -353,7 +353,9 @@ def run_all(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model
 def study(name: Annotated[str, typer.Option("--name", help="Study name: directory studies/NAME/ and the MLflow "
                                                             "tag `study`.")] = "embedded",
           seeds: Annotated[int, typer.Option("--seeds", min=1, help="Number of RL seeds per mode.")] = 3,
-          first_seed: Annotated[int, typer.Option("--first-seed", min=0, help="Seeds are first..first+N-1.")] = 1,
+          first_seed: Annotated[Optional[int], typer.Option(
+              "--first-seed", min=0, help="Seeds are first..first+N-1; default train.seed, so the first TARPO run "
+                                          "is the one `dvc repro` trains.")] = None,
           modes: Annotated[str, typer.Option("--modes", help="Comma-separated router modes to compare.")]
           = "tarpo,hard,soft-fixed",
           jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once, each in its own process with "
@@ -371,7 +373,8 @@ def study(name: Annotated[str, typer.Option("--name", help="Study name: director
     command = " ".join(["python cli.py study", *sys.argv[2:]]) if sys.argv[1:2] == ["study"] else "python cli.py study"
     with stage_errors():
         cfg = _stage_params(params, sets, model, steps)
-        runner = Study(cfg, name, seeds=list(range(first_seed, first_seed + seeds)),
+        first = cfg.train.seed if first_seed is None else first_seed
+        runner = Study(cfg, name, seeds=list(range(first, first + seeds)),
                        modes=[m.strip() for m in modes.split(",") if m.strip()], command=command, jobs=jobs)
         with _sigterm_as_interrupt():
             runner.run()
