@@ -327,6 +327,16 @@ def readme_results(root: str | Path = ".") -> str:
                   "", report_markdown(report).rstrip(), "",
                   f"![Held-out avg@k per mode and paired differences]({path.parent.relative_to(root)}/scores.png)",
                   f"![Reward, soft ratio and held-out curves per run]({path.parent.relative_to(root)}/curves.png)", ""]
+    tuning = root / "studies" / "embedded" / "tuning.json"
+    if tuning.is_file():
+        t = json.loads(tuning.read_text())
+        lines += ["### How the embedded default was chosen", "", t["note"], "", f"`{t['command']}`", "",
+                  "| tuning run | train s | warm-up -> trained avg@k | Δ ± paired stderr | soft ratio |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['what']} | {r['train_seconds']:.0f} | {r['warmup_avg_at_k']:.3f} -> {r['tarpo_avg_at_k']:.3f} "
+                  f"| {r['improvement']:+.3f} ± {r['improvement_stderr']:.3f} | {r['soft_ratio']:.4f} |"
+                  for r in t["runs"]]
+        lines.append("")
     if not lines:
         lines = ["No study has been committed yet: run `python cli.py study` and commit `studies/<name>/`.", ""]
     return "\n".join(lines)

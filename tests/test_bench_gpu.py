@@ -120,3 +120,22 @@ def test_gpu_check_script_runs_on_cpu_with_dynamo(tmp_path):
     cases = json.loads(out.read_text())["cases"]
     assert len(cases) == 3 and all(case["passed"] for case in cases)
     assert cases[0]["graphs_per_bucket"] == {"16": 1, "29": 1} and not cases[0]["recompiled_on_second_call"]
+
+
+def test_fast_vs_eager_compares_only_steps_with_the_same_history():
+    """A step is compared only when every earlier step of its row took the same token and the same route: the step
+    after a soft/hard flip has another input even when the tokens agree."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from bench.gpu import shared_history
+
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 8]])
+    eager = SimpleNamespace(completion_ids=ids, soft_mask=torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0]], dtype=torch.bool))
+    fast = SimpleNamespace(completion_ids=torch.tensor([[5, 9, 7, 8], [5, 6, 7, 8]]),
+                           soft_mask=torch.tensor([[0, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool))
+    # row 0: the token differs at step 1 -> steps 0 and 1 share history (step 1's own token may differ), 2+ do not
+    # row 1: the route differs at step 1 -> steps 0, 1 compared; steps 2, 3 had another input
+    assert shared_history(eager, fast).tolist() == [[True, True, False, False], [True, True, False, False]]
+    assert shared_history(eager, eager).all()
