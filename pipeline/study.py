@@ -348,6 +348,7 @@ def _worker_run(setup, mode: str, seed: int, args) -> dict:
     from tarpo.runtime import apply_runtime
 
     dump, name, root, models_dir = setup
+    os.environ["TQDM_DISABLE"] = "1"  # progress bars of parallel workers would interleave on one terminal
     cfg = TarpoConfig.model_validate(dump)
     apply_runtime(cfg.runtime)
     log_path = Path(root) / name / "runs" / f"{mode}-s{seed}.log"
