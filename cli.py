@@ -350,8 +350,9 @@ def run_all(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model
 
 
 @app.command()
-def study(name: Annotated[str, typer.Option("--name", help="Study name: directory studies/NAME/ and the MLflow "
-                                                            "tag `study`.")] = "embedded",
+def study(name: Annotated[Optional[str], typer.Option(
+              "--name", help="Study name: directory studies/NAME/ and the MLflow tag `study`; default `embedded` "
+                             "for tiny, else the model's name.")] = None,
           seeds: Annotated[int, typer.Option("--seeds", min=1, help="Number of RL seeds per mode.")] = 3,
           first_seed: Annotated[Optional[int], typer.Option(
               "--first-seed", min=0, help="Seeds are first..first+N-1; default train.seed, so the first TARPO run "
@@ -374,6 +375,11 @@ def study(name: Annotated[str, typer.Option("--name", help="Study name: director
     with stage_errors():
         cfg = _stage_params(params, sets, model, steps)
         first = cfg.train.seed if first_seed is None else first_seed
+        if name is None:
+            from pipeline.common import model_label
+            from tarpo.recipes import model_label as safe_label
+
+            name = "embedded" if cfg.is_tiny() else safe_label(model_label(cfg.model))
         runner = Study(cfg, name, seeds=list(range(first, first + seeds)),
                        modes=[m.strip() for m in modes.split(",") if m.strip()], command=command, jobs=jobs)
         with _sigterm_as_interrupt():

@@ -290,7 +290,9 @@ def _curves(run_dir: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ README
-STUDY_TITLES = {"embedded": "The embedded default (`tiny`, synthetic sums)"}
+STUDY_TITLES = {"embedded": "the embedded default (`tiny`, synthetic sums of 1-2 operations)",
+                "level2": "synthetic level 2 (2-3 operations, operands up to 18: longer chains whose intermediate "
+                          "values the tiny model is less sure of)"}
 
 
 def readme_results(root: str | Path = ".") -> str:
