@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 PROFILE = _merge(TEST_PROFILE, {"data": {"eval_size": 8}, "train": {"steps": 2, "checkpoint_every": 0},
                                 "eval": {"every": 1, "every_problems": 3, "max_problems": 6},
                                 "register": {"enabled": False}, "runtime": {"threads": 1}})
-STUDY = ["study", "--name", "t", "--seeds", "2", "--modes", "tarpo,hard"]
+STUDY = ["study", "--name", "t", "--seeds", "2", "--first-seed", "1", "--modes", "tarpo,hard"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,8 @@ def study(tmp_path_factory):
         first = invoke(STUDY)
         assert first.exit_code == 0, f"{first.output}\n{first.exception!r}"
         again = invoke(STUDY)  # resumes: nothing is re-trained
-        parallel = invoke(["study", "--name", "tj", "--seeds", "2", "--modes", "tarpo,hard", "--jobs", "2"])
+        parallel = invoke(["study", "--name", "tj", "--seeds", "1", "--first-seed", "2", "--modes", "tarpo,hard",
+                           "--jobs", "2"])
         assert parallel.exit_code == 0, f"{parallel.output}\n{parallel.exception!r}"
         compared = invoke(["compare", "--study", "t"])
         from mlflow import MlflowClient
@@ -151,6 +152,26 @@ def test_heldout_evaluation_never_changes_the_training_run(study, tmp_path):
 def test_parallel_jobs_give_the_same_runs(study):
     ws, *_ = study
     one, two = (json.loads((ws / f"studies/{n}/study.json").read_text()) for n in ("t", "tj"))
-    assert [(r["mode"], r["seed"], r["per_problem"]) for r in one["runs"]] == \
+    assert [(r["mode"], r["seed"], r["per_problem"]) for r in one["runs"] if r["seed"] == 2] == \
         [(r["mode"], r["seed"], r["per_problem"]) for r in two["runs"]]
+    assert len(two["runs"]) == 2
     assert (ws / "studies/tj/runs/hard-s2.log").read_text().count("held-out avg@k") >= 3
+
+
+def test_default_seeds_start_at_train_seed_so_the_first_tarpo_run_is_dvc_repros(tmp_path, monkeypatch):
+    from pipeline import study as study_module
+
+    seen = {}
+
+    class Spy(study_module.Study):
+        def run(self):
+            seen.update(name=self.name, seeds=self.seeds)
+            (self.root).mkdir(parents=True, exist_ok=True)
+            (self.root / "study.md").write_text("ok\n")
+            return {}
+
+    monkeypatch.setattr(study_module, "Study", Spy)
+    monkeypatch.chdir(tmp_path)
+    result = invoke(["study", "--seeds", "3", "--params", str(ROOT / "params.yaml"), "--set", "train.seed=7"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"name": "embedded", "seeds": [7, 8, 9]}
