@@ -360,7 +360,7 @@ def study(name: Annotated[Optional[str], typer.Option(
           modes: Annotated[str, typer.Option("--modes", help="Comma-separated router modes to compare.")]
           = "tarpo,hard,soft-fixed",
           jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once, each in its own process with "
-                                            "runtime.threads threads (2 cores: --jobs 2 --set runtime.threads=1).")]
+                                            "runtime.threads threads (tiny: 1 thread, so --jobs 2 fills 2 cores).")]
           = 1,
           params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model: ModelOption = None,
           steps: StepsOption = None) -> None:

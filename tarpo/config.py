@@ -305,8 +305,9 @@ class EvalConfig(BaseModel):
 
 class RuntimeConfig(BaseModel):
     model_config = _STRICT
-    threads: Optional[int] = Field(2, ge=1, description="CPU intra-op threads in every stage (torch and BLAS); fixed "
-                                   "because the thread count changes float reduction order; null = torch's default.")
+    threads: Optional[int] = Field(None, ge=1, description="CPU intra-op threads in every stage (torch and BLAS), "
+                                   f"fixed because the thread count changes float results{_R}; null there = torch's "
+                                   "default (all cores).")
     deterministic: Optional[bool] = Field(None, description="torch deterministic algorithms; null = on for CPU runs, "
                                           "off on CUDA (slower there).")
 

@@ -75,8 +75,9 @@ TINY = Recipe("tiny", "embedded 2-core CPU profile: tiny model + synthetic 1-2 s
     "eval.pass_k": [1, 4],
     "eval.batch_size": 32,
     "eval.max_problems": 400,
-    "eval.every": 10,                             # held-out curve: 100 problems x 4 samples, about 5 s a point
+    "eval.every": 20,                             # held-out curve: 100 problems x 4 samples, ~12 s a point
     "eval.every_problems": 100,
+    "runtime.threads": 1,                         # results depend on it; 1 lets `study --jobs 2` run dvc repro's runs
     "reward.kind": "auto",
     "reward.answer_rule": "marker",
     "register.name": "tarpo-tiny",
@@ -117,6 +118,7 @@ _PAPER_COMMON = {
     "eval.max_problems": None,                    # the whole test split; k as the authors' eval scripts (below)
     "eval.every": 100,                            # as verl's test_freq: a held-out curve, ~10 points per epoch
     "eval.every_problems": 64,
+    "runtime.threads": None,                      # torch's default (all cores); set it to compare CPU runs
     "reward.answer_rule": "marker-or-boxed",
 }
 _TASK_VALUES = {
