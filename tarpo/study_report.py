@@ -106,6 +106,7 @@ def report_markdown(report: Mapping) -> str:
             se = "-" if d["stderr_over_seeds"] is None else f"{d['stderr_over_seeds']:.3f}"
             lines.append(f"| {name} | {d['mean']:+.3f} | {se} | {d['stderr_over_problems']:.3f} | "
                          + ", ".join(f"{x:+.3f}" for x in d["per_seed"]) + " |")
+    lines += ["", *reading(report)]
     lines += ["", "| run | avg@k | Δ vs warm-up ± paired stderr (z) | greedy | soft ratio | train s |",
               "|---|---|---|---|---|---|"]
     for r in report["runs"]:
@@ -116,6 +117,33 @@ def report_markdown(report: Mapping) -> str:
                      f"{r.get('greedy_accuracy', float('nan')):.3f} | {r.get('soft_ratio', float('nan')):.4f} | "
                      f"{r.get('train_seconds', float('nan')):.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def _verdict(mean: float, stderr: float | None) -> str:
+    """A difference is called only when it exceeds two standard errors (over seeds)."""
+    if stderr is None:
+        return "one seed: no error bar"
+    if abs(mean) > 2 * stderr:
+        return f"{'better' if mean > 0 else 'worse'} by more than 2 stderrs"
+    return "within 2 stderrs: no difference detectable at this size"
+
+
+def reading(report: Mapping) -> list[str]:
+    """Plain-language lines, each computed from the report (nothing typed by hand)."""
+    out = ["Reading (a difference is called only beyond 2 standard errors over seeds):"]
+    for mode in report["modes"]:
+        s = report["summary"][mode]
+        out.append(f"- {MODE_LABELS.get(mode, mode)} vs the warm-up model: {s['vs_warmup']['mean']:+.3f} "
+                   f"({_verdict(s['vs_warmup']['mean'], s['vs_warmup']['stderr_over_seeds'])}); beyond 2 paired "
+                   f"stderrs over problems in {s['seeds_beating_warmup_by_2_stderr']} of {s['avg_at_k']['seeds']} "
+                   f"seeds.")
+    for name, d in report["paired"].items():
+        out.append(f"- {name}: {d['mean']:+.3f} ({_verdict(d['mean'], d['stderr_over_seeds'])}).")
+    soft = report["summary"].get("tarpo", {}).get("soft_ratio")
+    if soft:
+        out.append(f"- The learned router's soft-step share at evaluation: {soft['mean']:.4f} (the start router's: "
+                   f"{report['warmup'].get('soft_ratio', float('nan')):.4f}).")
+    return out
 
 
 # --------------------------------------------------------------------------------------- figures

@@ -114,3 +114,18 @@ def test_markdown_shows_the_numbers_of_the_report():
     one_seed = build_report([run_record("tarpo", 1, HAND_RUNS[("tarpo", 1)], WARMUP)], WARMUP)
     assert one_seed["summary"]["tarpo"]["avg_at_k"]["stderr_over_seeds"] is None  # NaN is not JSON
     assert "| tarpo-s1 |" in report_markdown(one_seed)
+
+
+def test_reading_calls_a_difference_only_beyond_two_stderrs():
+    from tarpo.study_report import reading
+
+    report = _report()
+    lines = reading(report)
+    pair = report["paired"]["tarpo - hard"]  # +0.125, stderr over seeds 0.0417: called
+    assert pair["mean"] > 2 * pair["stderr_over_seeds"]
+    assert "- tarpo - hard: +0.125 (better by more than 2 stderrs)." in lines
+    hard = report["summary"]["hard"]["vs_warmup"]  # per seed +0.083, +0.083 -> stderr 0 -> called
+    assert any(line.startswith("- GRPO (hard tokens only) vs the warm-up model: +0.083 (better") for line in lines)
+    tied = build_report([run_record("tarpo", s, v, WARMUP) for s, v in ((1, [0.5, 0.5, 0.0]), (2, [0.0, 0.5, 0.0]))],
+                        WARMUP)
+    assert "within 2 stderrs" in reading(tied)[1]
