@@ -43,12 +43,12 @@ BAD_CASES = {
     "clip_eps_0": ("train: {clip_epsilon_low: 0, clip_epsilon_high: -0.1}\n", [], [
         "train.clip_epsilon_low: must be > 0, got 0", "train.clip_epsilon_high: must be > 0, got -0.1"]),
     "micro_batch": ("train: {micro_batch_size: 5}\n", [], [
-        "train.micro_batch_size: 5 does not divide the 32 completions per process (prompts_per_step x group_size"
-        " / num_processes); pick a divisor of 32"]),
+        "train.micro_batch_size: 5 does not divide the 64 completions per process (prompts_per_step x group_size"
+        " / num_processes); pick a divisor of 64"]),
     "processes": ("rollout: {prompts_per_step: 6}\ntrain: {num_processes: 4}\n", [], [
         "rollout.prompts_per_step: 6 prompts cannot be split over train.num_processes=4; use a multiple of 4"]),
     "accumulation": ("train: {gradient_accumulation_steps: 3}\n", [], [
-        "train.gradient_accumulation_steps: 3 != 2 micro-batches per rollout batch; set 2 or null"]),
+        "train.gradient_accumulation_steps: 3 != 4 micro-batches per rollout batch; set 4 or null"]),
     "pass_k": ("eval: {num_samples: 4, pass_k: [1, 8]}\n", [], [
         "eval.pass_k: values [8] not in [1, num_samples=4]; lower them or raise eval.num_samples"]),
     "temperatures": ("rollout: {temperature: 0}\neval: {temperature: -1.0}\n", [], [
