@@ -290,6 +290,18 @@ def _curves(run_dir: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ README
+def _same_as_study_run(root: Path, metrics: dict, seed) -> str:
+    """' Same scores as study run tarpo-s42.' when a committed study holds the run dvc repro made (same seed and
+    held-out scores): the study's seeds then include the pipeline's own run."""
+    for path in sorted((root / "studies").glob("*/study.json")):
+        for run in json.loads(path.read_text()).get("runs", []):
+            if (run["mode"], run["seed"]) == ("tarpo", seed) and abs(run["avg_at_k"] - metrics["tarpo/avg_at_k"]) < 1e-12 \
+                    and abs(run["improvement"] - metrics["improvement"]) < 1e-12:
+                return (f" The same held-out scores as run `{run['mode']}-s{run['seed']}` of study "
+                        f"`{path.parent.name}` below: `dvc repro` in a fresh clone is that run.")
+    return ""
+
+
 STUDY_TITLES = {"embedded": "the embedded default (`tiny`, synthetic sums of 1-2 operations)",
                 "level2": "synthetic level 2 (2-3 operations, operands up to 18: longer chains whose intermediate "
                           "values the tiny model is less sure of)"}
@@ -316,7 +328,7 @@ def readme_results(root: str | Path = ".") -> str:
                   f"{m['tarpo/avg_at_k']:.3f}, {m['improvement']:+.3f} ± {m['improvement_stderr']:.3f} paired "
                   f"stderr ({z:.1f} stderrs); greedy {m['warmup/greedy_accuracy']:.3f} -> "
                   f"{m['tarpo/greedy_accuracy']:.3f}; soft-step ratio {m['warmup/soft_ratio']:.4f} -> "
-                  f"{m['tarpo/soft_ratio']:.4f}.", ""]
+                  f"{m['tarpo/soft_ratio']:.4f}." + _same_as_study_run(root, m, seed), ""]
     for path in sorted((root / "studies").glob("*/study.json"), key=lambda p: (p.parent.name != "embedded", p)):
         report = json.loads(path.read_text())
         name = report.get("name", path.parent.name)
@@ -325,7 +337,8 @@ def readme_results(root: str | Path = ".") -> str:
         lines += [f"### Study `{name}`: {STUDY_TITLES.get(name, report.get('profile', {}).get('model', ''))}", "",
                   f"`{report.get('command', '')}` — {where}, torch threads {machine_info.get('torch_threads')}, "
                   f"{report.get('wall_seconds', 0) / 60:.0f} min wall, finished {report.get('created', '?')}. "
-                  f"Report: [`{path.parent.relative_to(root)}/study.md`]({path.parent.relative_to(root)}/study.md).",
+                  f"Report: [`{path.parent.relative_to(root)}/study.md`]({path.parent.relative_to(root)}/study.md)."
+                  + (f" {report['note']}" if report.get("note") else ""),
                   "", report_markdown(report).rstrip(), "",
                   f"![Held-out avg@k per mode and paired differences]({path.parent.relative_to(root)}/scores.png)",
                   f"![Reward, soft ratio and held-out curves per run]({path.parent.relative_to(root)}/curves.png)", ""]

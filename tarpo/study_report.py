@@ -162,6 +162,8 @@ def scores_figure(report: Mapping):
         seeds = [r["avg_at_k"] for r in report["runs"] if r["mode"] == mode]
         ax.plot([i] * len(seeds), seeds, "o", color="black", markersize=4)
     ax.axhline(report["warmup"]["avg_at_k"], color="gray", linestyle="--", label="warm-up model")
+    values = [r["avg_at_k"] for r in report["runs"]] + [report["warmup"]["avg_at_k"]]
+    ax.set_ylim(max(0.0, min(values) - 0.05), min(1.0, max(values) + 0.03))  # the differences, not the zero
     ax.set_xticks(range(len(modes)), [MODE_LABELS.get(m, m).split(" (")[0] for m in modes])
     ax.set_ylabel("held-out avg@k")
     ax.set_title("per mode: mean ± stderr over seeds (dots: seeds)", fontsize=9)
