@@ -14,6 +14,7 @@ Layout under `studies/<name>/`: `shared/` (prepared data, warm-up model, warm-up
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -85,7 +86,7 @@ class Study:
     """Paths and steps of one study; `run()` does everything and returns the report."""
 
     def __init__(self, cfg, name: str, *, seeds: Sequence[int], modes: Sequence[str] = MODES,
-                 root: str | Path = "studies", models_dir: str | Path = paths.MODELS_DIR, log=print,
+                 root: str | Path = "studies", models_dir: str | Path = paths.MODELS_DIR, log=None,
                  progress: bool = True, command: str = "", jobs: int = 1):
         if cfg.train.num_processes != 1 or cfg.train.accelerate_config:
             raise InputError("study: runs train one process each; set train.num_processes=1 and "
@@ -102,7 +103,8 @@ class Study:
         self.cfg, self.name, self.seeds, self.modes, self.jobs = cfg, name, list(seeds), list(modes), jobs
         self.root = Path(root) / name
         self.shared = self.root / "shared"
-        self.models_dir, self.log, self.progress, self.command = models_dir, log, progress, command
+        self.log = log or functools.partial(print, flush=True)  # a study's log is often a file: no buffering
+        self.models_dir, self.progress, self.command = models_dir, progress, command
         self.train_path = self.shared / paths.TRAIN_DATA
         self.eval_path = self.shared / paths.EVAL_DATA
         self.warmup_dir = self.shared / paths.WARMUP_DIR
@@ -223,16 +225,27 @@ class Study:
 
         self.log(f"study {self.name}: {len(grid)} runs in {self.jobs} processes x {self.cfg.runtime.threads} threads; "
                  f"logs in {self.root / 'runs'}/<run>.log")
+        _prepare_tracking_store(self.cfg.tracking)
         setup = (self.cfg.model_dump(mode="json"), self.name, str(self.root.parent), str(self.models_dir))
         context = multiprocessing.get_context("spawn")   # no fork of a process holding torch threads
+        runs: dict[tuple[str, int], dict] = {}
+        failed: list[tuple[str, int]] = []
         with ProcessPoolExecutor(max_workers=self.jobs, mp_context=context) as pool:
             futures = [pool.submit(_worker_run, setup, mode, seed, args) for mode, seed in grid]
-            runs = []
             for (mode, seed), future in zip(grid, futures):
-                runs.append(future.result())
-                self.log(f"study {self.name}: {mode}-s{seed} done: avg@k {runs[-1]['avg_at_k']:.3f} "
-                         f"({runs[-1]['improvement']:+.3f} vs warm-up)")
-        return runs
+                try:
+                    runs[(mode, seed)] = future.result()
+                except Exception as exc:  # noqa: BLE001 - retried below, in this process, where it raises for real
+                    failed.append((mode, seed))
+                    self.log(f"study {self.name}: {mode}-s{seed} failed in its worker "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); retried after "
+                             "the others")
+                    continue
+                self.log(f"study {self.name}: {mode}-s{seed} done: avg@k {runs[(mode, seed)]['avg_at_k']:.3f} "
+                         f"({runs[(mode, seed)]['improvement']:+.3f} vs warm-up)")
+        for mode, seed in failed:  # resumes from whatever the failed attempt left
+            runs[(mode, seed)] = self.run_one(mode, seed, *args)
+        return [runs[key] for key in grid]
 
     # ------------------------------------------------------------------ all
     def run(self) -> dict:
@@ -355,6 +368,22 @@ def readme_results(root: str | Path = ".") -> str:
     if not lines:
         lines = ["No study has been committed yet: run `python cli.py study` and commit `studies/<name>/`.", ""]
     return "\n".join(lines)
+
+
+def _prepare_tracking_store(tracking_cfg) -> None:
+    """Create the store's tables and the experiment once, here, before the workers start: two processes creating a
+    new sqlite store (or the same experiment) at the same moment race, and one of them fails."""
+    if not tracking_cfg.enabled:
+        return
+    from mlflow import MlflowClient
+
+    from tarpo.tracking import check_tracking_uri, store_errors
+
+    check_tracking_uri(tracking_cfg.uri)
+    with store_errors(tracking_cfg.uri):
+        client = MlflowClient(tracking_uri=tracking_cfg.uri)
+        if client.get_experiment_by_name(tracking_cfg.experiment) is None:
+            client.create_experiment(tracking_cfg.experiment)
 
 
 def _worker_run(setup, mode: str, seed: int, args) -> dict:
