@@ -80,6 +80,17 @@ def evaluate_policy(policy, tokenizer, records, cfg, *, progress_label: str = ""
     return results, {**summary, "prompts_truncated": long_prompts}
 
 
+def evaluate_model(cfg, records, *, base, trained_dir=None, models_dir: str | Path = paths.MODELS_DIR,
+                   log=None) -> tuple[list, dict]:
+    """Load the start weights `base` (None = the configured model) with the start router (warmup.seed) and, when
+    given, the trained adapter + router of `trained_dir`; evaluate on `records`."""
+    from tarpo.factory import load_policy
+
+    policy, tokenizer, _ = load_policy(cfg.model, cfg.router, seed=cfg.warmup.seed, base_path=base,
+                                       trained_dir=trained_dir, models_dir=models_dir)
+    return evaluate_policy(policy, tokenizer, records, cfg, log=log)
+
+
 def compare(before: list, after: list) -> dict[str, float]:
     """TARPO minus warm-up avg@k, with the paired standard error over problems."""
     from tarpo.evaluate import avg_at_k, mean_ci
@@ -119,7 +130,6 @@ def run_evaluate(*, cfg, eval_path: str | Path = paths.EVAL_DATA, warmup_dir: st
                  models_dir: str | Path = paths.MODELS_DIR, log=print) -> dict[str, float]:
     """Evaluate both models, write metrics/jsonl/html/plots, log to the training run; returns the flat metrics."""
     from tarpo.data import DataError, read_prepared
-    from tarpo.factory import load_policy
     from tarpo.tracking import check_run
 
     check_tracking(cfg.tracking)
@@ -136,12 +146,10 @@ def run_evaluate(*, cfg, eval_path: str | Path = paths.EVAL_DATA, warmup_dir: st
         check_run(cfg.tracking, run_id)
     results, metrics = {}, {}
     for name, trained in (("warmup", None), ("tarpo", trained_dir)):
-        policy, tokenizer, _ = load_policy(cfg.model, cfg.router, seed=cfg.warmup.seed, base_path=base,
-                                           trained_dir=trained, models_dir=models_dir)
         log(f"evaluating {name} model on {len(records)} problems x {cfg.eval.num_samples} samples")
-        results[name], summary = evaluate_policy(policy, tokenizer, records, cfg, log=log if name == "warmup" else None)
+        results[name], summary = evaluate_model(cfg, records, base=base, trained_dir=trained, models_dir=models_dir,
+                                                log=log if name == "warmup" else None)
         metrics.update({f"{name}/{k}": v for k, v in summary.items()})
-        del policy
     metrics.update(compare(results["warmup"], results["tarpo"]))
     from tarpo.plots import eval_figure, save_png
     from tarpo.render import eval_html

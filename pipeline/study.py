@@ -25,7 +25,7 @@ from typing import Sequence
 
 from pipeline import paths
 from pipeline.common import choose_base, open_run
-from pipeline.evaluate import EVAL_SET_TAG, eval_set_record, evaluate_policy
+from pipeline.evaluate import EVAL_SET_TAG, eval_set_record, evaluate_model
 from tarpo.errors import InputError
 from tarpo.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
@@ -140,12 +140,9 @@ class Study:
         return records
 
     def evaluate(self, trained_dir: Path | None, cfg, records) -> tuple[list, dict]:
-        from tarpo.factory import load_policy
-
+        """The shared start model (trained_dir None) or a run's trained model, on the study's problems."""
         base, _ = choose_base(cfg, self.warmup_dir, self.models_dir, self.log)
-        policy, tokenizer, _ = load_policy(cfg.model, cfg.router, seed=cfg.warmup.seed, base_path=base,
-                                           trained_dir=trained_dir, models_dir=self.models_dir)
-        return evaluate_policy(policy, tokenizer, records, cfg)
+        return evaluate_model(cfg, records, base=base, trained_dir=trained_dir, models_dir=self.models_dir)
 
     def warmup_eval(self, records, eval_set: dict) -> tuple[list[float], dict]:
         """The shared start model's per-problem avg@k (cached per eval set)."""

@@ -4,18 +4,15 @@ named and tagged per (mode, seed), a report whose numbers are the runs' own, `co
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline import paths
 from pipeline.study import run_config
 from tarpo.config import load_config
 from tarpo.evaluate import avg_at_k
 from tests.e2e.conftest import ROOT, TEST_PROFILE, _merge
-from tests.e2e.workspace_kit import forget_mlflow_stores, invoke
+from tests.e2e.workspace_kit import inside_workspace, invoke
 
 pytestmark = pytest.mark.slow
 
@@ -28,12 +25,7 @@ STUDY = ["study", "--name", "t", "--seeds", "2", "--first-seed", "1", "--modes",
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     ws = tmp_path_factory.mktemp("study")
-    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), PROFILE)
-    (ws / paths.PARAMS).write_text(yaml.safe_dump(params, sort_keys=False))
-    old = Path.cwd()
-    os.chdir(ws)
-    forget_mlflow_stores()
-    try:
+    with inside_workspace(ws, PROFILE):
         first = invoke(STUDY)
         assert first.exit_code == 0, f"{first.output}\n{first.exception!r}"
         again = invoke(STUDY)  # resumes: nothing is re-trained
@@ -48,8 +40,6 @@ def study(tmp_path_factory):
         runs = client.search_runs([experiment.experiment_id], filter_string="tags.study = 't'")
         history = {r.info.run_name: [m.step for m in client.get_metric_history(r.info.run_id, "heldout/avg_at_k")]
                    for r in runs}
-    finally:
-        os.chdir(old)
     return ws, first, again, compared, runs, history
 
 

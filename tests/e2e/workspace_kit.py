@@ -6,13 +6,14 @@ gets its own copy (large files hard-linked: every writer replaces files, none ed
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import tqdm.auto
@@ -40,22 +41,30 @@ def invoke(argv: list[str]):
     return CliRunner().invoke(cli.app, argv)
 
 
-@pytest.fixture(scope="session")
-def built(tmp_path_factory) -> Path:
-    """prepare -> warmup -> train -> evaluate on `tiny`, in-process, once."""
-    ws = tmp_path_factory.mktemp("bad-inputs") / "ws"
-    ws.mkdir()
-    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), PROFILE)
+@contextlib.contextmanager
+def inside_workspace(ws: Path, profile: dict) -> Iterator[Path]:
+    """Run in-process CLI commands in `ws`: params.yaml = the repo's merged with `profile`, cwd = ws, MLflow stores
+    forgotten (their URI is relative); the working directory pytest started in comes back afterwards."""
+    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), profile)
     (ws / paths.PARAMS).write_text(yaml.safe_dump(params, sort_keys=False))
     old = Path.cwd()
     os.chdir(ws)
     forget_mlflow_stores()
     try:
+        yield ws
+    finally:
+        os.chdir(old)
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> Path:
+    """prepare -> warmup -> train -> evaluate on `tiny`, in-process, once."""
+    ws = tmp_path_factory.mktemp("bad-inputs") / "ws"
+    ws.mkdir()
+    with inside_workspace(ws, PROFILE):
         for stage in ("prepare", "warmup", "train", "evaluate"):
             result = invoke([stage])
             assert result.exit_code == 0, f"{stage}: {result.output}\n{result.exception!r}"
-    finally:
-        os.chdir(old)
     return ws
 
 
