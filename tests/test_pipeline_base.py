@@ -76,7 +76,8 @@ def test_train_with_another_model_loads_that_model_never_the_warmup(ws, tmp_path
     assert cfg.warmup.enabled is False and not cfg.is_tiny()
     run_train(cfg=cfg, train_path=root / "data/train.jsonl", warmup_dir=root / "warmup",
               checkpoint_dir=tmp_path / "checkpoints", trained_dir=tmp_path / "tarpo", metrics_path=tmp_path / "m.json",
-              plot_path=tmp_path / "p.csv", run_info_path=tmp_path / "run_info.json", models_dir=root / "models",
+              plot_path=tmp_path / "p.csv", heldout_plot_path=tmp_path / "h.csv", run_info_path=tmp_path / "run_info.json",
+              models_dir=root / "models",
               log=said.append, progress=False)
     assert loaded == [(other, 640, None)]  # its own weights and vocabulary, no base_path override
     info = json.loads((tmp_path / "run_info.json").read_text())
