@@ -374,10 +374,10 @@ def _prepare_tracking_store(tracking_cfg) -> None:
         return
     from mlflow import MlflowClient
 
-    from tarpo.tracking import check_tracking_uri, store_errors
+    from tarpo.tracking import check_tracking_uri, store_errors, store_setup_lock
 
     check_tracking_uri(tracking_cfg.uri)
-    with store_errors(tracking_cfg.uri):
+    with store_errors(tracking_cfg.uri), store_setup_lock(tracking_cfg.uri):
         client = MlflowClient(tracking_uri=tracking_cfg.uri)
         if client.get_experiment_by_name(tracking_cfg.experiment) is None:
             client.create_experiment(tracking_cfg.experiment)

@@ -211,7 +211,10 @@ class MlflowTracker:
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         self.uri = uri
         with store_errors(uri):
-            self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            with store_setup_lock(uri):
+                self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+                if run_id is None:
+                    self.experiment_id = self._experiment_id(experiment, artifact_location)
             if run_id is not None:
                 run = self._existing_run(run_id)
                 self.experiment_id = run.info.experiment_id
@@ -221,7 +224,6 @@ class MlflowTracker:
                                    for key in run.data.metrics}  # a resumed run replays steps: log each once
                 self.client.update_run(run_id, status="RUNNING")
             else:
-                self.experiment_id = self._experiment_id(experiment, artifact_location)
                 run = self.client.create_run(self.experiment_id, run_name=run_name)
                 self._run_id = run.info.run_id
                 self._logged_params, self._last_step = {}, {}
@@ -335,6 +337,27 @@ def default_run_name(model: str, mode: str, seed: int, experiment: str | None = 
     label = Path(model.rstrip("/\\")).name if ("/" in model or "\\" in model) else model
     label = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-") or "model"
     return f"{label}-{mode}-s{seed}"
+
+
+@contextlib.contextmanager
+def store_setup_lock(uri: str) -> Iterator[None]:
+    """Serialise opening a sqlite store: processes that create (migrate) a new store, or the same experiment, at
+    the same moment race in alembic ("expected to match one row") and one of them fails. An exclusive lock on
+    `<db>.lock` beside the database; other stores, and systems without fcntl, need none."""
+    path = _sqlite_path(uri) if uri.startswith("sqlite:") else None
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        fcntl = None
+    if path is None or fcntl is None or not path.parent.is_dir():
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

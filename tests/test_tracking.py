@@ -194,3 +194,30 @@ def test_corrupt_store_and_missing_run_are_one_line(store, tmp_path):
     (tmp_path / "junk.db").write_bytes(b"not a database" * 100)
     with pytest.raises(TrackingUnavailable, match="junk.db is not an SQLite database"):
         check_tracking_uri(f"sqlite:///{tmp_path}/junk.db")
+
+
+_RACE = """
+import sys, time
+from tarpo.tracking import MlflowTracker
+start, uri, root = float(sys.argv[1]), sys.argv[2], sys.argv[3]
+time.sleep(max(0.0, start - time.time()))  # every process opens the new store at the same moment
+MlflowTracker(uri, "race", artifact_location=root + "/artifacts").close()
+"""
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
+    """Two `study` commands (or workers) starting together used to lose a run to alembic's migration race."""
+    import subprocess
+    import time
+    from pathlib import Path
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    start = str(time.time() + 12)  # past the ~5 s it takes each process to import MLflow on 2 busy cores
+    procs = [subprocess.Popen([sys.executable, "-c", _RACE, start, uri, str(tmp_path)], cwd=Path(__file__).parents[1],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(outputs)
+    from mlflow import MlflowClient
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("race").experiment_id])
+    assert len(runs) == 4
