@@ -102,6 +102,12 @@ def trained_base(trained_dir: str | Path) -> tuple[str | None, bool]:
     return base["path"], True
 
 
+def served_rollout(cfg):
+    """The rollout settings the registered model serves with: the training rollouts' own, except the sampling
+    temperature, which is the evaluation's (the temperature its registered scores were measured at)."""
+    return cfg.rollout.model_copy(update={"temperature": cfg.eval.temperature})
+
+
 def run_register(*, cfg, trained_dir: str | Path = paths.TRAINED_DIR, base_model_dir: str | Path | None = None,
                  eval_metrics_path: str | Path = paths.EVAL_METRICS, run_info_path: str | Path = paths.RUN_INFO,
                  metrics_path: str | Path = paths.REGISTER_INFO) -> dict:
@@ -132,7 +138,7 @@ def run_register(*, cfg, trained_dir: str | Path = paths.TRAINED_DIR, base_model
         base_model_dir, bundle = trained_base(trained_dir)
     model_uri = log_tarpo_model(run_id, trained_dir=trained_dir, base_model_dir=base_model_dir, bundle_base=bundle,
                                 model_cfg=cfg.model,
-                                router_cfg=cfg.router, rollout_cfg=cfg.rollout, tracking_uri=cfg.tracking.uri,
+                                router_cfg=cfg.router, rollout_cfg=served_rollout(cfg), tracking_uri=cfg.tracking.uri,
                                 system_prompt=cfg.data.system_prompt)
     client = MlflowClient(tracking_uri=cfg.tracking.uri, registry_uri=cfg.tracking.uri)
     eval_set = client.get_run(run_id).data.tags.get(EVAL_SET_TAG)   # set by the evaluate stage

@@ -28,6 +28,7 @@ from pipeline.common import choose_base, open_run
 from pipeline.evaluate import EVAL_SET_TAG, eval_set_record, evaluate_model
 from tarpo.errors import InputError
 from tarpo.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from tarpo.recipes import RECIPES_VERSION
 
 MODES = ("tarpo", "hard", "soft-fixed")
 STUDY_TAG = "study"
@@ -266,7 +267,9 @@ class Study:
         meta = {"name": self.name, "command": self.command, "machine": machine(),
                 "wall_seconds": time.perf_counter() - started,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "profile": {"model": self.cfg.model.preset or self.cfg.model.path, "train.steps": self.cfg.train.steps,
+                "profile": {"model": self.cfg.model.preset or self.cfg.model.path, "recipes_version": RECIPES_VERSION,
+                            "train.steps": self.cfg.train.steps, "train.lr": self.cfg.train.lr,
+                            "train.beta": self.cfg.train.beta, "rollout.temperature": self.cfg.rollout.temperature,
                             "rollout.group_size": self.cfg.rollout.group_size,
                             "rollout.prompts_per_step": self.cfg.rollout.prompts_per_step,
                             "data.synthetic.level": self.cfg.data.synthetic.level,
@@ -355,13 +358,15 @@ def readme_results(root: str | Path = ".") -> str:
     tuning = root / "studies" / "embedded" / "tuning.json"
     if tuning.is_file():
         t = json.loads(tuning.read_text())
-        lines += ["### How the embedded default was chosen", "", t["note"], "", f"`{t['command']}`", "",
-                  "| tuning run | train s | warm-up -> trained avg@k | Δ ± paired stderr | soft ratio |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {r['what']} | {r['train_seconds']:.0f} | {r['warmup_avg_at_k']:.3f} -> {r['tarpo_avg_at_k']:.3f} "
-                  f"| {r['improvement']:+.3f} ± {r['improvement_stderr']:.3f} | {r['soft_ratio']:.4f} |"
-                  for r in t["runs"]]
-        lines.append("")
+        lines += ["### How the embedded default was chosen", ""]
+        for part in t.get("rounds", [t]):  # one round per retune, oldest first
+            lines += [f"**{part['title']}**. " * bool(part.get("title")) + part["note"], "", f"`{part['command']}`", "",
+                      "| tuning run | train s | warm-up -> trained avg@k | Δ ± paired stderr | soft ratio |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {r['what']} | {r['train_seconds']:.0f} | {r['warmup_avg_at_k']:.3f} -> "
+                      f"{r['tarpo_avg_at_k']:.3f} | {r['improvement']:+.3f} ± {r['improvement_stderr']:.3f} | "
+                      f"{r['soft_ratio']:.4f} |" for r in part["runs"]]
+            lines.append("")
     if not lines:
         lines = ["No study has been committed yet: run `python cli.py study` and commit `studies/<name>/`.", ""]
     return "\n".join(lines)

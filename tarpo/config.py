@@ -168,7 +168,8 @@ class RolloutConfig(BaseModel):
     max_new_tokens: Optional[int] = Field(None, ge=1, description=f"Completion length limit (soft steps included){_R}.")
     max_prompt_tokens: Optional[int] = Field(None, ge=1, description="Prompts longer than this are left-truncated "
                                              f"(counted and warned about){_R}.")
-    temperature: float = Field(0.5, description="Token sampling temperature (> 0); the loss uses the same distribution.")
+    temperature: Optional[float] = Field(None, description="Token sampling temperature in training rollouts (> 0); "
+                                         f"the loss uses the same distribution{_R}.")
     top_k: int = Field(0, ge=0, description="Token top-k filter; 0 = off.")
     top_p: float = Field(1.0, description="Token nucleus filter in (0, 1]; 1.0 = off.")
     soft_top_k: int = Field(10, description="Tokens mixed in a soft step (renormalised top-k of q_t); >= 1, <= vocabulary and top_k.")
@@ -185,7 +186,7 @@ class RolloutConfig(BaseModel):
         if self.group_size is not None and self.group_size < 2:
             problems.append(("group_size", f"group_size={self.group_size} must be >= 2: advantages compare "
                                            "completions of the same prompt; set 2 or more (4-8 typical)"))
-        if self.temperature <= 0:
+        if self.temperature is not None and self.temperature <= 0:
             problems.append(("temperature", f"temperature={self.temperature:g} must be > 0; use a small value "
                                             "such as 0.1 for near-greedy sampling"))
         if not 0 < self.top_p <= 1:
@@ -227,7 +228,8 @@ class TrainConfig(BaseModel):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps with linear lr warm-up.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(0.1, gt=0, description="Global gradient-norm clip (router included).")
-    beta: float = Field(0.005, ge=0, description="KL coefficient against the reference (adapter off, initial router).")
+    beta: Optional[float] = Field(None, ge=0, description="KL coefficient against the reference (adapter off, initial "
+                                  f"router); 0 = no KL and no reference pass{_R}.")
     clip_epsilon_low: float = Field(0.2, gt=0, description="PPO ratio clip below: 1 - eps_low.")
     clip_epsilon_high: float = Field(0.2, gt=0, description="PPO ratio clip above: 1 + eps_high (DAPO: 0.28).")
     num_iterations: int = Field(1, ge=1, description="Updates per rollout batch; 1 = on-policy (reference).")

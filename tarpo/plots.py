@@ -57,7 +57,8 @@ def _lines(ax, rows: Sequence[Mapping], series: Sequence[tuple[str, str]], ylabe
 
 
 def train_figure(rows: Sequence[Mapping], title: str = "TARPO training"):
-    """Reward (raw and smoothed), soft-step ratio, completion lengths and token KL per step."""
+    """Reward (raw and smoothed), soft-step ratio, completion lengths and token KL (or, without KL, the
+    entropies) per step."""
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True)
     (reward_ax, soft_ax), (length_ax, kl_ax) = axes
@@ -73,7 +74,11 @@ def train_figure(rows: Sequence[Mapping], title: str = "TARPO training"):
     soft_ax.set_ylabel("soft-step ratio")
     _lines(length_ax, rows, (("completion_length", "all steps"), ("explicit_length", "explicit tokens")),
            "completion length")
-    _lines(kl_ax, rows, (("kl_token", "token KL"), ("kl_router", "router KL")), "KL to reference")
+    if any(_series(rows, key)[1] for key in ("kl_token", "kl_router")):
+        _lines(kl_ax, rows, (("kl_token", "token KL"), ("kl_router", "router KL")), "KL to reference")
+    else:  # train.beta 0: no reference pass, so no KL; the entropies show the policy sharpening instead
+        _lines(kl_ax, rows, (("token_entropy", "token entropy"), ("router_entropy", "router entropy")),
+               "entropy (nats; no KL at train.beta 0)")
     for ax in axes[1]:
         ax.set_xlabel("step")
     fig.suptitle(title)

@@ -28,3 +28,14 @@ def test_train_and_eval_figures_write_png(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
         assert oct(path.stat().st_mode & 0o777) == "0o644"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no temp files left
+
+
+def test_train_figure_shows_entropies_when_there_is_no_kl():
+    """train.beta 0 (the tiny recipe) computes no KL: the last panel plots the entropies instead of empty axes."""
+    rows = [{"step": s, "reward_mean": 0.1, "soft_ratio": 0.01, "completion_length": 20.0, "explicit_length": 19.0,
+             "kl_token": "", "kl_router": "", "token_entropy": 0.2 - s / 100, "router_entropy": 0.05} for s in range(1, 5)]
+    panel = train_figure(rows).axes[3]
+    assert [line.get_label() for line in panel.get_lines()] == ["token entropy", "router entropy"]
+    assert list(panel.get_lines()[0].get_ydata()) == pytest.approx([0.19, 0.18, 0.17, 0.16])
+    rows[0]["kl_token"] = 0.5
+    assert [line.get_label() for line in train_figure(rows).axes[3].get_lines()] == ["token KL"]

@@ -102,7 +102,7 @@ def test_precedence_recipe_then_params_then_set(tmp_path):
     assert (cfg.rollout.group_size, sources["rollout.group_size"]) == (2, "--set")       # --set beats file
     assert (cfg.model.lora.rank, cfg.model.lora.alpha) == (4, 64.0)                      # merged, rest from recipe
     assert sources["model.lora.alpha"] == "recipe qwen2.5-7b-gsm8k" and sources["model.lora.rank"] == "--set"
-    assert sources["train.beta"] == "default" and sources["eval.max_new_tokens"].startswith("derived")
+    assert sources["train.weight_decay"] == "default" and sources["eval.max_new_tokens"].startswith("derived")
 
 
 def test_switching_model_switches_the_whole_recipe():
@@ -233,7 +233,8 @@ def test_config_show_prints_paper_values_with_sources(monkeypatch):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert "  lr: 5.0e-06   # recipe qwen2.5-7b-gsm8k" in lines and "  lr: 0.0001   # recipe qwen2.5-7b-gsm8k" in lines
-    assert "  steps: 5   # --set" in lines and "  beta: 0.005   # params.yaml" in lines
+    assert "  beta: 0.005   # recipe qwen2.5-7b-gsm8k" in lines and "  temperature: 0.5   # recipe qwen2.5-7b-gsm8k" in lines
+    assert "  steps: 5   # --set" in lines and "  weight_decay: 0.1   # params.yaml" in lines
     assert "  name: tarpo-qwen2.5-7b-gsm8k   # recipe qwen2.5-7b-gsm8k" in lines
     shown = yaml.safe_load(result.stdout)  # the comments leave valid params
     assert TarpoConfig.model_validate(shown).model.lora.rank == 32

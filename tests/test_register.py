@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipeline.register import RegisterError, metric_value, run_register
+from pipeline.register import RegisterError, metric_value, run_register, served_rollout
 from tarpo.checkpoint import save_weights
 from tarpo.config import TarpoConfig
 from tarpo.factory import load_policy
@@ -104,3 +104,14 @@ def test_metric_lookup():
     assert metric_value({"tarpo/pass_at_8": 0.7}, "pass_at_8") == 0.7
     with pytest.raises(RegisterError, match="must be one of: tarpo/avg_at_k"):
         metric_value({"tarpo/avg_at_k": 0.1}, "accuracy")
+
+
+def test_served_model_samples_at_the_evaluation_temperature():
+    """tiny trains at rollout temperature 1.0 but is scored at eval.temperature 0.5: the registered model serves at
+    the temperature of its registered scores, with every other rollout setting as trained."""
+
+    cfg = TarpoConfig()
+    assert (cfg.rollout.temperature, cfg.eval.temperature) == (1.0, 0.5)
+    served = served_rollout(cfg)
+    assert served.temperature == 0.5
+    assert served.model_dump() | {"temperature": None} == cfg.rollout.model_dump() | {"temperature": None}
