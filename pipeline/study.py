@@ -320,6 +320,16 @@ STUDY_TITLES = {"embedded": "the embedded default (`tiny`, synthetic sums of 1-2
                           "values the tiny model is less sure of)"}
 
 
+def _repro_timing(root: Path) -> str:
+    """How long the committed baseline's `dvc repro` took, from studies/embedded/dvc_repro.json (measured by hand)."""
+    path = root / "studies" / "embedded" / "dvc_repro.json"
+    if not path.is_file():
+        return ""
+    t = json.loads(path.read_text())
+    return (f" Made by `{t['command']}` at commit {t['commit']} on {t['machine']}: {t['wall_seconds'] / 60:.1f} min "
+            f"wall, {t['user_cpu_seconds'] / 60:.1f} min CPU, peak memory {t['max_rss_mb']} MB. {t.get('note', '')}").rstrip()
+
+
 def readme_results(root: str | Path = ".") -> str:
     """The README's results section: the committed DVC baseline and every committed study report, generated
     from the files (metrics/eval.json, studies/*/study.json) so no number in it is typed by hand."""
@@ -341,7 +351,7 @@ def readme_results(root: str | Path = ".") -> str:
                   f"{m['tarpo/avg_at_k']:.3f}, {m['improvement']:+.3f} ± {m['improvement_stderr']:.3f} paired "
                   f"stderr ({z:.1f} stderrs); greedy {m['warmup/greedy_accuracy']:.3f} -> "
                   f"{m['tarpo/greedy_accuracy']:.3f}; soft-step ratio {m['warmup/soft_ratio']:.4f} -> "
-                  f"{m['tarpo/soft_ratio']:.4f}." + _same_as_study_run(root, m, seed), ""]
+                  f"{m['tarpo/soft_ratio']:.4f}." + _same_as_study_run(root, m, seed) + _repro_timing(root), ""]
     for path in sorted((root / "studies").glob("*/study.json"), key=lambda p: (p.parent.name != "embedded", p)):
         report = json.loads(path.read_text())
         name = report.get("name", path.parent.name)
