@@ -387,15 +387,11 @@ def _prepare_tracking_store(tracking_cfg) -> None:
     new sqlite store (or the same experiment) at the same moment race, and one of them fails."""
     if not tracking_cfg.enabled:
         return
-    from mlflow import MlflowClient
-
-    from tarpo.tracking import check_tracking_uri, store_errors, store_setup_lock
+    from tarpo.tracking import check_tracking_uri, open_experiment, store_errors
 
     check_tracking_uri(tracking_cfg.uri)
-    with store_errors(tracking_cfg.uri), store_setup_lock(tracking_cfg.uri):
-        client = MlflowClient(tracking_uri=tracking_cfg.uri)
-        if client.get_experiment_by_name(tracking_cfg.experiment) is None:
-            client.create_experiment(tracking_cfg.experiment)
+    with store_errors(tracking_cfg.uri):
+        open_experiment(tracking_cfg.uri, tracking_cfg.experiment)
 
 
 def _worker_run(setup, mode: str, seed: int, args) -> dict:

@@ -211,10 +211,10 @@ class MlflowTracker:
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         self.uri = uri
         with store_errors(uri):
-            with store_setup_lock(uri):
+            if run_id is None:
+                self.client, self.experiment_id = open_experiment(uri, experiment, artifact_location)
+            else:  # the run's store exists already: nothing to create
                 self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-                if run_id is None:
-                    self.experiment_id = self._experiment_id(experiment, artifact_location)
             if run_id is not None:
                 run = self._existing_run(run_id)
                 self.experiment_id = run.info.experiment_id
@@ -248,14 +248,6 @@ class MlflowTracker:
             raise TrackingUnavailable(f"cannot resume MLflow run {run_id}: it is not in the store {self.uri}; "
                                       "delete the checkpoints to start a new run, or point tracking.uri at "
                                       "the store that holds it") from None
-
-    def _experiment_id(self, name: str, artifact_location: str | None) -> str:
-        found = self.client.get_experiment_by_name(name)
-        if found is None:
-            return self.client.create_experiment(name, artifact_location=artifact_location)
-        if found.lifecycle_stage == "deleted":
-            self.client.restore_experiment(found.experiment_id)
-        return found.experiment_id
 
     @property
     def run_id(self) -> str:
@@ -358,6 +350,21 @@ def store_setup_lock(uri: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_experiment(uri: str, experiment: str, artifact_location: str | None = None):
+    """(client, experiment id) of `experiment` in the store at `uri`, which is created (tables, experiment) or
+    restored from deletion as needed, under `store_setup_lock` so that processes starting together do not race."""
+    from mlflow.tracking import MlflowClient
+
+    with store_setup_lock(uri):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            return client, client.create_experiment(experiment, artifact_location=artifact_location)
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return client, found.experiment_id
 
 
 @contextlib.contextmanager
