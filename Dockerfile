@@ -13,7 +13,11 @@
 # CUDA 13.0 because the pinned torch==2.13.0 wheel from PyPI is the cu130 build (torch.version.cuda
 # == "13.0"). The wheel ships its own CUDA libraries (nvidia-*-cu13 packages), so the small `base`
 # flavour suffices; the host needs a driver that supports CUDA 13.0.
-FROM nvidia/cuda:13.0.0-base-ubuntu24.04
+# BASE_IMAGE: any Debian or Ubuntu image whose python3 is one torch 2.13 has wheels for (3.10-3.13):
+# scripts/docker_build_and_run.sh builds on a Debian bookworm base made locally (Python 3.11), for
+# machines that cannot pull from a registry.
+ARG BASE_IMAGE=nvidia/cuda:13.0.0-base-ubuntu24.04
+FROM ${BASE_IMAGE}
 
 # HOME is a world-writable place: `--user $(id -u):$(id -g)` runs as a uid the image has no account for,
 # and git, DVC, MLflow and matplotlib write config/cache files under HOME.
@@ -27,7 +31,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     HOME=/tmp/home \
     HF_HOME=/workspace/models/.hf-cache
 
-# Ubuntu's python3 is 3.12 (torch 2.13 ships cp312 wheels); git lets DVC work on the mounted clone and
+# python3 is the base's (Ubuntu 24.04: 3.12, Debian bookworm: 3.11); git lets DVC work on the mounted clone and
 # runs record their commit. Distribution packages are left unpinned on purpose: the archive drops old
 # versions, so pins would break rebuilds; the Python stack is pinned instead.
 # `safe.directory '*'`: git refuses a repository owned by another uid (the mount, when run without --user).
@@ -40,6 +44,11 @@ RUN apt-get update \
     && mkdir -p /tmp/home && chmod 1777 /tmp/home
 
 # Requirements first: the heavy layer is rebuilt only when requirements.txt changes.
+# PIP_FIND_LINKS / PIP_INDEX_URL: empty by default (PyPI, so GPU users get the CUDA torch). pip reads them
+# from the environment, so a build can point pip at a local wheel directory (mounted into the build) or a
+# mirror, e.g. the CPU torch wheel: scripts/docker_build_and_run.sh. Build-time only: not in the image's ENV.
+ARG PIP_FIND_LINKS=""
+ARG PIP_INDEX_URL=""
 COPY requirements.txt /tmp/requirements.txt
 RUN pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
 
