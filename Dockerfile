@@ -44,11 +44,13 @@ RUN apt-get update \
     && mkdir -p /tmp/home && chmod 1777 /tmp/home
 
 # Requirements first: the heavy layer is rebuilt only when requirements.txt changes.
-# PIP_FIND_LINKS / PIP_INDEX_URL: empty by default (PyPI, so GPU users get the CUDA torch). pip reads them
-# from the environment, so a build can point pip at a local wheel directory (mounted into the build) or a
-# mirror, e.g. the CPU torch wheel: scripts/docker_build_and_run.sh. Build-time only: not in the image's ENV.
+# PIP_FIND_LINKS / PIP_INDEX_URL / PIP_CERT: empty by default (PyPI, so GPU users get the CUDA torch). pip
+# reads them from the environment, so a build can point pip at a local wheel directory (mounted into the
+# build; scripts/docker_build_and_run.sh uses it for the CPU torch wheel), a mirror, or the CA bundle of a
+# TLS-intercepting proxy. Build-time only: not in the image's ENV.
 ARG PIP_FIND_LINKS=""
 ARG PIP_INDEX_URL=""
+ARG PIP_CERT=""
 COPY requirements.txt /tmp/requirements.txt
 RUN pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
 

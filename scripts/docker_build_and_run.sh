@@ -18,7 +18,9 @@
 #   ENGINE [podman]   BASE_IMAGE [localhost/tarpo-base:bookworm]   IMAGE [localhost/tarpo:local]
 #   WHEELS [/opt/wheels if it holds torch-*.whl, else empty = PyPI]   WORK [/tmp/tarpo-docker]
 #   RUN_UID [your uid; 1234 when run as root, made as user tarpo-run if missing]   RUN_GID [= RUN_UID's group]
+#   CA_CERT [$PIP_CERT, else $SSL_CERT_FILE, else none]: CA bundle for pip inside the build
 #   MIRROR [http://deb.debian.org/debian]   SUITE [bookworm]   SHORT_SETS [see below]
+#   ENGINE_OPTS [--runtime runc when runc is installed]   CONTAINER_OPTS [--ulimit nofile=<hard>:<hard> --ulimit nproc=32768:32768]
 # Exit codes: 0 ok, 1 a phase failed, 2 a missing tool or bad setting (one line saying which).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +30,7 @@ DRY_RUN=""
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY_RUN=1 ;;
-        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
         *) echo "docker_build_and_run.sh: unknown argument '$arg' (only --dry-run, --help)" >&2; exit 2 ;;
     esac
 done
@@ -44,10 +46,24 @@ if [[ -z "${WHEELS+set}" ]]; then
     WHEELS=""
     compgen -G "/opt/wheels/torch-*.whl" >/dev/null && WHEELS=/opt/wheels
 fi
+# A TLS-intercepting proxy (this sandbox's egress, many company networks) signs PyPI's certificate with its own CA,
+# which the base image does not trust: the host's bundle is mounted into the build and given to pip as PIP_CERT.
+CA_CERT="${CA_CERT-${PIP_CERT:-${SSL_CERT_FILE:-}}}"
 if [[ -z "${RUN_UID:-}" ]]; then
     RUN_UID="$(id -u)"
     [[ "$RUN_UID" == 0 ]] && RUN_UID=1234
 fi
+# Sandboxes and some CI runners have no CAP_SYS_RESOURCE and hybrid cgroups (v1 controllers + a v2 mount): podman's
+# default runtime crun refuses hybrid cgroups ("cgroups in hybrid mode not supported") and podman's default limits
+# (nofile 1048576, nproc 4194304) cannot be set there ("setrlimit RLIMIT_NOFILE: Operation not permitted"). runc
+# copes with hybrid cgroups; the limits below are within what such a host allows. Set both to "" to use the engine's.
+if [[ -z "${ENGINE_OPTS+set}" ]]; then
+    ENGINE_OPTS=""
+    command -v runc >/dev/null && ENGINE_OPTS="--runtime runc"
+fi
+CONTAINER_OPTS="${CONTAINER_OPTS---ulimit nofile=$(ulimit -Hn):$(ulimit -Hn) --ulimit nproc=32768:32768}"
+read -r -a ENGINE_ARGS <<<"$ENGINE_OPTS"
+read -r -a CONTAINER_ARGS <<<"$CONTAINER_OPTS"
 # The short profile: every stage runs for real (prepare, warm-up, TARPO, evaluate, register), in minutes.
 SHORT_SETS="${SHORT_SETS:-data.train_size=200 data.eval_size=16 warmup.steps=20 train.steps=4 train.checkpoint_every=2 eval.every=0 eval.num_samples=2 eval.pass_k=[1,2]}"
 
@@ -63,6 +79,7 @@ declare -A TIMES=()
 command -v "$ENGINE" >/dev/null || [[ -n "$DRY_RUN" ]] \
     || fail "ENGINE=$ENGINE is not on PATH (Debian: apt-get install podman)"
 [[ -z "$WHEELS" || -d "$WHEELS" ]] || fail "WHEELS=$WHEELS is not a directory"
+[[ -z "$CA_CERT" || -f "$CA_CERT" ]] || fail "CA_CERT=$CA_CERT is not a file"
 [[ "$RUN_UID" =~ ^[0-9]+$ ]] || fail "RUN_UID=$RUN_UID is not a number"
 
 # --- 1. base -------------------------------------------------------------------------------------------------
@@ -84,7 +101,7 @@ phase_base() {
     # minbase: apt and dpkg only; the Dockerfile installs python3, venv, git and certificates itself, as it does
     # on the CUDA base.
     x debootstrap --variant=minbase "$SUITE" "$rootfs" "$MIRROR"
-    echo "+ tar -C $rootfs -c . | $ENGINE import --change 'CMD [\"/bin/bash\"]' - $LOCAL_BASE"
+    echo "+ tar -C $rootfs -c . | $ENGINE import --change 'CMD [\"/bin/bash\"]' - $LOCAL_BASE" >&2
     [[ -n "$DRY_RUN" ]] || tar -C "$rootfs" -c . | "$ENGINE" import --change 'CMD ["/bin/bash"]' - "$LOCAL_BASE"
     x rm -rf "$rootfs"
     TIMES[base]="$(secs "$start" "$(now)") s"
@@ -92,11 +109,14 @@ phase_base() {
 
 # --- 2. build ------------------------------------------------------------------------------------------------
 phase_build() {
-    local start args=(build --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$IMAGE")
+    local start args=("${ENGINE_ARGS[@]}" build "${CONTAINER_ARGS[@]}" --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$IMAGE")
     # The build reaches Debian's archive and PyPI through the host's network (no bridge/iptables needed).
     args+=(--network host)
     if [[ -n "$WHEELS" ]]; then
         args+=(--volume "$WHEELS:/opt/local-wheels:ro" --build-arg "PIP_FIND_LINKS=/opt/local-wheels")
+    fi
+    if [[ -n "$CA_CERT" ]]; then
+        args+=(--volume "$CA_CERT:/opt/host-ca.crt:ro" --build-arg "PIP_CERT=/opt/host-ca.crt")
     fi
     start=$(now)
     x "$ENGINE" "${args[@]}" "$REPO"
@@ -124,8 +144,8 @@ phase_run() {
     x git clone --quiet "$REPO" "$clone"
     if [[ "$(id -u)" == 0 ]]; then x chown -R "$RUN_UID:$RUN_GID" "$clone"; fi
     [[ -n "$DRY_RUN" ]] || touch -d '-1 second' "$WORK/.before-run"
-    local run=("$ENGINE" run --rm --network none --user "$RUN_UID:$RUN_GID" -v "$clone:/workspace" "$IMAGE")
-    echo "+ ${run[*]}   (the default command: cli.py --help)"
+    local run=("$ENGINE" "${ENGINE_ARGS[@]}" run "${CONTAINER_ARGS[@]}" --rm --network none --user "$RUN_UID:$RUN_GID" -v "$clone:/workspace" "$IMAGE")
+    echo "+ ${run[*]}   (the default command: cli.py --help)" >&2
     if [[ -z "$DRY_RUN" ]]; then
         "${run[@]}" >"$WORK/help.txt"
         grep -q "prepare" "$WORK/help.txt" \
