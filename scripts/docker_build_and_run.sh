@@ -176,11 +176,16 @@ check_owner() {  # every file the run made or changed in the clone belongs to RU
     (cd "$clone" && stat -c '  %u:%g %U %n' data/prepared/train.jsonl models/tarpo metrics/eval.json mlflow.db dvc.lock)
 }
 
-phase_base
-phase_build
-phase_run
-if [[ -z "$DRY_RUN" ]]; then
-    size="$("$ENGINE" image inspect --format '{{.Size}}' "$IMAGE")"
-    echo "image: $IMAGE, $(awk -v b="$size" 'BEGIN { printf "%.2f GB", b / 1e9 }') ($size bytes), base $BASE_IMAGE"
-    echo "times: base ${TIMES[base]}, build ${TIMES[build]}, run ${TIMES[run]} (of which dvc exp run ${TIMES[job]})"
-fi
+main() {
+    local size
+    phase_base
+    phase_build
+    phase_run
+    if [[ -z "$DRY_RUN" ]]; then
+        size="$("$ENGINE" image inspect --format '{{.Size}}' "$IMAGE")"
+        echo "image: $IMAGE, $(awk -v b="$size" 'BEGIN { printf "%.2f GB", b / 1e9 }') ($size bytes), base $BASE_IMAGE"
+        echo "times: base ${TIMES[base]}, build ${TIMES[build]}, run ${TIMES[run]} (of which dvc exp run ${TIMES[job]})"
+    fi
+}
+
+main; exit  # one line, parsed whole before it runs: editing this file during a long build cannot derail it
