@@ -51,8 +51,15 @@ RUN apt-get update \
 ARG PIP_FIND_LINKS=""
 ARG PIP_INDEX_URL=""
 ARG PIP_CERT=""
+# A compiler only for this layer: pycosat (reasoning-gym's SAT solver) is published as a source archive only,
+# and neither base has gcc. Purged in the same RUN, so the image does not carry it.
 COPY requirements.txt /tmp/requirements.txt
-RUN pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev python3-dev \
+    && pip install -r /tmp/requirements.txt \
+    && apt-get purge -y --auto-remove gcc libc6-dev python3-dev \
+    && rm -rf /var/lib/apt/lists/* /tmp/requirements.txt
 
 # The baked-in copy: used only when nothing is mounted on /workspace. `.git` is not in the build context
 # (.dockerignore), so DVC runs there without git; a mounted clone brings its own .git and .dvc/ (the mount
