@@ -54,9 +54,10 @@ def test_soft_ratio_follows_a_routing_reward(tmp_path, reward, direction):
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--dynamic-sampling", "--reward", "sparse")], ids=["plain", "dynamic-sampling"])
+def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, extra):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    common = ("--steps", 6, "--checkpoint-every", 2, "--iterations", 2, "--max-consecutive", 2)
+    common = ("--steps", 6, "--checkpoint-every", 2, "--iterations", 2, "--max-consecutive", 2, *extra)
     run_driver(full, *common)
     proc = run_driver(killed, *common, "--kill-after", 4, check=False)
     assert proc.returncode == -9, proc.stderr[-2000:]
@@ -71,6 +72,10 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
     assert (a - b).abs().max().item() <= 1e-6
     rewards_full = [row["reward_mean"] for row in steps_logged(full)]
     assert [row["reward_mean"] for row in steps_logged(killed)] == rewards_full
+    if extra:  # the resumed run drew the same extra prompts after the checkpoint (the data position counts them)
+        refills = [row["dynamic_extra_rollouts"] for row in steps_logged(full)]
+        assert sum(refills[:4]) > 0, refills  # before the checkpoint of step 4
+        assert [row["dynamic_extra_rollouts"] for row in steps_logged(killed)] == refills
 
 
 @pytest.mark.slow
