@@ -222,3 +222,19 @@ def test_filtered_sampling_with_a_perturbed_adapter_trains_finitely(tmp_path, fi
         # policy != reference (measured 0.8-1.3 per token), and no -1e4 floor leaked into it
         assert 0.05 < metrics["kl_token"] < 20.0, metrics["kl_token"]
         assert metrics["kl_router"] > 0
+
+
+def test_bnpo_divides_each_micro_batch_by_its_own_tokens(tmp_path):
+    """One micro-batch: bnpo is token-mean. Four of unequal token counts: the mean of their token-means, which
+    differs from token-mean but is of its size (a missing division by the micro-batch count would make it 4x)."""
+    norms = {}
+    for aggregation, micro in [("token-mean", 8), ("bnpo", 8), ("token-mean", 2), ("bnpo", 2)]:
+        trainer = in_process_trainer(tmp_path / f"{aggregation}-{micro}", first_token_even, micro_batch=micro,
+                                     aggregation=aggregation, perturb=0.05, eos_token_ids=tuple(range(0, 512, 8)))
+        outcome = trainer.train_step()
+        norms[aggregation, micro] = outcome.metrics["grad_norm"]
+    lengths = outcome.rollout.completion_mask.sum(1).view(4, 2).sum(1)
+    assert len(set(lengths.tolist())) > 1, "need micro-batches with different token counts"
+    assert norms["bnpo", 8] == pytest.approx(norms["token-mean", 8], rel=1e-6)
+    ratio = norms["bnpo", 2] / norms["token-mean", 2]
+    assert 0.5 < ratio < 2 and abs(ratio - 1) > 1e-4, ratio
