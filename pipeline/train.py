@@ -327,7 +327,8 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
 
     def on_step(step: int, metrics: dict) -> None:
         row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
-        row.setdefault("accuracy", row.get("reward_mean", 0.0))  # the default reward is 0/1 correctness
+        if not cfg.reward.function:  # the built-in reward is 0/1 correctness (plus any overlong penalty)
+            row.setdefault("accuracy", row.get("reward_mean", 0.0) - row.get("overlong_penalty_mean", 0.0))
         rows.append(row)
         with open(step_log, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")

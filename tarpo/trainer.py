@@ -410,6 +410,10 @@ class TarpoTrainer:
         advantages, metrics = self._advantages(torch.tensor(rewards, dtype=torch.float32))
         if fill is not None:
             metrics.update(fill.metrics(self.settings.group_size))
+        if self.settings.overlong == "penalty":  # so that the task reward can be told apart from the penalty
+            penalty = length_penalty(batch.completion_mask.sum(1), self.rollout_settings.max_new_tokens,
+                                     self.settings.overlong_buffer).mean().to(self.accelerator.device)
+            metrics["overlong_penalty_mean"] = float(self.accelerator.reduce(penalty, reduction="mean"))
         loss_rows = ~truncated_rows(batch.stop_reason) if self.settings.overlong == "filter" else None
         mb = self.settings.micro_batch_size
         ref = self._reference_logprobs(batch, [slice(i, i + mb) for i in range(0, batch.num_rows, mb)])

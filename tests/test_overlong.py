@@ -64,6 +64,7 @@ def test_penalty_is_added_to_each_completions_reward(tmp_path):
     # L_max 3, L_cache 2: length 1 -> 0, 2 -> -0.5, 3 -> -1
     assert outcome.rewards == [0.5 + {1: 0.0, 2: -0.5, 3: -1.0}[n] for n in lengths]
     assert len(set(lengths)) > 1, "need completions of different lengths"
+    assert outcome.metrics["overlong_penalty_mean"] == pytest.approx(sum(outcome.rewards) / len(lengths) - 0.5)
 
 
 def test_filter_masks_truncated_completions_out_of_the_loss_but_not_the_advantages(tmp_path, monkeypatch):
