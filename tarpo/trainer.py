@@ -7,6 +7,8 @@ One optimizer step per rollout batch (per iteration when num_iterations > 1):
      exactly the rollouts an uninterrupted run would have drawn;
   3. reference log-probs (adapter off, initial router, the same mixed inputs) when beta > 0;
   4. micro-batched replay + backward, gradients accumulated over the whole rollout batch, clipped, one step.
+Optional (off by default): reward.overlong penalty (added to the rewards) or filter (truncated rows get no loss),
+and train.dynamic_sampling between 2 and 3 (equal-reward groups replaced by new prompts' groups, one process only).
 Non-finite losses or gradients skip the step; too many in a row stop training with a clear error.
 
 Departures from the reference: checkpoints with resume (W7); fp32 router with its own lr (W12);
