@@ -75,7 +75,7 @@ def evaluate_policy(policy, tokenizer, records, cfg, *, progress_label: str = ""
         results, summary = run_evaluation(
             records, make_generate_fn(policy, tokenizer, sampled, ro.max_prompt_tokens),
             num_samples=ev.num_samples, seed=ev.seed, batch_size=ev.batch_size, pass_k=ev.pass_k,
-            reward_fn=make_reward_fn(marker=ro.answer_marker, **cfg.reward.model_dump()), prompts=prompts,
+            reward_fn=make_reward_fn(marker=ro.answer_marker, **cfg.reward.rule_settings()), prompts=prompts,
             greedy_fn=make_generate_fn(policy, tokenizer, greedy, ro.max_prompt_tokens) if ev.greedy else None)
     return results, {**summary, "prompts_truncated": long_prompts}
 

@@ -35,6 +35,9 @@ HELDOUT_COLUMNS = ("step", "avg_at_k", "pass_at_1", "soft_ratio", "mean_length",
 PLOT_COLUMNS = ("step", "reward_mean", "reward_std", "accuracy", "soft_ratio", "completion_length",
                 "explicit_length", "kl_token", "kl_router", "token_entropy", "router_entropy", "lr",
                 "grad_norm", "step_seconds")
+# appended to plots/train.csv only when the run has them (a default run's CSV keeps its columns)
+DYNAMIC_SAMPLING_COLUMNS = ("dynamic_filtered_share", "dynamic_extra_rollouts", "dynamic_sampled_reward_mean")
+OVERLONG_COLUMNS = ("truncated_ratio",)
 HASHED_SECTIONS = ("data", "model", "router", "rollout", "warmup", "train", "reward")
 UNHASHED_TRAIN_KEYS = ("checkpoint_every", "keep_checkpoints", "log_samples_every", "num_processes",
                        "accelerate_config")
@@ -117,6 +120,12 @@ def _plot_csv(rows: list[dict], columns: tuple[str, ...] = PLOT_COLUMNS) -> str:
     for row in rows:
         writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, "")) for k in columns})
     return buffer.getvalue()
+
+
+def plot_columns(cfg) -> tuple[str, ...]:
+    """plots/train.csv columns: the fixed ones, plus dynamic sampling's and overlong handling's when they are on."""
+    return (PLOT_COLUMNS + (DYNAMIC_SAMPLING_COLUMNS if cfg.train.dynamic_sampling else ())
+            + (OVERLONG_COLUMNS if cfg.reward.overlong != "none" else ()))
 
 
 def heldout_evaluator(cfg, tokenizer, eval_path: str | Path, log=print):
@@ -222,15 +231,21 @@ def build_trainer(cfg, records, base: Path | None, checkpoint_dir: Path, models_
 
     policy, tokenizer, resolved = load_policy(cfg.model, cfg.router, seed=cfg.train.seed, router_seed=cfg.warmup.seed,
                                               base_path=base, models_dir=models_dir)
-    reward = make_reward_fn(marker=cfg.rollout.answer_marker, **cfg.reward.model_dump())
+    reward = make_reward_fn(marker=cfg.rollout.answer_marker, **cfg.reward.rule_settings())
     prompts = chat_prompts(tokenizer, [r.prompt for r in records], cfg.data, cfg.rollout)
     long_prompts = count_long_prompts(tokenizer, prompts, cfg.rollout.max_prompt_tokens)
     if long_prompts:
         log(f"warning: {long_prompts} of {len(prompts)} training prompts are longer than rollout.max_prompt_tokens="
             f"{cfg.rollout.max_prompt_tokens} and lose their beginning (the system prompt first); raise it")
+    reward_fn = lambda texts, golds, ro: [float(x) for x in reward(texts, golds, ro)]  # noqa: E731
+    if cfg.reward.function:  # a plugin (validated with the config) replaces the built-in rules in training
+        from tarpo.reward_plugin import plugin_reward_fn
+
+        reward_fn = plugin_reward_fn(cfg.reward.function)
+        log(f"training reward: {cfg.reward.function} (evaluation scores with the built-in rules)")
     trainer = TarpoTrainer(
-        policy, tokenizer, prompts,
-        [r.answer for r in records], lambda texts, golds, ro: [float(x) for x in reward(texts, golds, ro)],
+        policy, tokenizer, prompts, [r.answer for r in records], reward_fn,
+        records=records if cfg.reward.function else None,
         settings=TrainSettings.from_config(cfg),
         rollout_settings=RolloutSettings.from_config(cfg.rollout, cfg.router, tokenizer, policy.vocab_size),
         output_dir=checkpoint_dir.parent, log=log,  # the trainer keeps checkpoints in <output_dir>/checkpoints
@@ -312,7 +327,8 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
 
     def on_step(step: int, metrics: dict) -> None:
         row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
-        row.setdefault("accuracy", row.get("reward_mean", 0.0))  # the default reward is 0/1 correctness
+        if not cfg.reward.function:  # the built-in reward is 0/1 correctness (plus any overlong penalty)
+            row.setdefault("accuracy", row.get("reward_mean", 0.0) - row.get("overlong_penalty_mean", 0.0))
         rows.append(row)
         with open(step_log, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
@@ -349,7 +365,7 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
     write_dir_atomic(trained_dir, write)
     metrics = {**summary_metrics(rows), **heldout_summary(heldout_rows), "resumed": int(resumed),
                "train_seconds": time.perf_counter() - started}
-    write_text_atomic(plot_path, _plot_csv(rows))
+    write_text_atomic(plot_path, _plot_csv(rows, plot_columns(cfg)))
     write_text_atomic(heldout_plot_path, _plot_csv(sorted(heldout_rows, key=lambda r: r["step"]), HELDOUT_COLUMNS))
     from tarpo.plots import save_png, train_figure
 

@@ -233,8 +233,9 @@ class TrainConfig(BaseModel):
     clip_epsilon_low: float = Field(0.2, gt=0, description="PPO ratio clip below: 1 - eps_low.")
     clip_epsilon_high: float = Field(0.2, gt=0, description="PPO ratio clip above: 1 + eps_high (DAPO: 0.28).")
     num_iterations: int = Field(1, ge=1, description="Updates per rollout batch; 1 = on-policy (reference).")
-    loss_aggregation: Literal["seq-mean", "token-mean", "dr-grpo"] = Field(
-        "seq-mean", description="seq-mean (reference), token-mean (DAPO) or dr-grpo.")
+    loss_aggregation: Literal["seq-mean", "token-mean", "dr-grpo", "grpo", "bnpo", "dr_grpo", "dapo"] = Field(
+        "seq-mean", description="seq-mean (reference), token-mean (DAPO) or dr-grpo; TRL's loss_type names grpo, dapo, "
+        "dr_grpo are the same three, bnpo divides each micro-batch by its own tokens (README: loss normalisations).")
     advantage_scaling: Literal["group", "batch", "none"] = Field(
         "group", description="Divide advantages by the group std, the batch std, or nothing.")
     advantage_epsilon: float = Field(1e-4, gt=0, description="Added to the std before dividing.")
@@ -250,6 +251,12 @@ class TrainConfig(BaseModel):
     num_processes: int = Field(1, ge=1, description="Processes for accelerate launch; divides rollout.prompts_per_step.")
     accelerate_config: Optional[str] = Field(None, description="accelerate config file; null = defaults.")
     log_samples_every: int = Field(10, ge=0, description="Steps between logged rollout samples; 0 = never.")
+    dynamic_sampling: bool = Field(False, description="DAPO dynamic sampling: groups whose rewards are all equal (no "
+                                   "advantage) are replaced by groups of new prompts, up to "
+                                   "dynamic_sampling_max_rounds extra rollouts per step; one process only.")
+    dynamic_sampling_max_rounds: int = Field(2, ge=1, description="Most extra rollout rounds per step with "
+                                             "dynamic_sampling; each draws as many new prompts as groups are still "
+                                             "missing; groups left unfilled keep equal rewards (advantage 0).")
 
 
 # --------------------------------------------------------------------------------------- reward
@@ -263,6 +270,27 @@ class RewardConfig(BaseModel):
         "the last \\boxed{}, or the marker when the completion has one and else the last \\boxed{}.")
     require_single_marker: bool = Field(
         False, description="Reward 0 unless the marker appears exactly once (needs answer_rule marker).")
+    function: Optional[str] = Field(None, description="Training reward plugin package.module:callable, called as "
+                                    "f(completion, gold, record) -> float in [-1, 1]; null = the built-in rules "
+                                    "above (evaluation always uses them).")
+    overlong: Literal["none", "filter", "penalty"] = Field(
+        "none", description="Completions that reach rollout.max_new_tokens: none; filter = no loss for truncated ones "
+        "(kept in their group's statistics); penalty = DAPO's soft length penalty (see overlong_buffer).")
+    overlong_buffer: int = Field(0, ge=0, description="overlong=penalty: the penalty falls linearly from 0 at "
+                                 "max_new_tokens - overlong_buffer to -1 at max_new_tokens; in [1, max_new_tokens].")
+
+    @field_validator("function")
+    @classmethod
+    def _importable(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            from tarpo.reward_plugin import load_reward_function
+
+            load_reward_function(value)  # ValueError -> "reward.function: <why>"
+        return value
+
+    def rule_settings(self) -> dict:
+        """The built-in rules' keyword arguments (tarpo.rewards.make_reward_fn); the other keys are not rules."""
+        return self.model_dump(include={"kind", "answer_rule", "require_single_marker"})
 
     @model_validator(mode="after")
     def _single_marker_needs_marker(self) -> "RewardConfig":
@@ -395,6 +423,14 @@ with warnings.catch_warnings():
                     problems.append(("train.gradient_accumulation_steps", f"{tr.gradient_accumulation_steps} != "
                                      f"{per_process // tr.micro_batch_size} micro-batches per rollout batch; set "
                                      f"{per_process // tr.micro_batch_size} or null"))
+            if self.reward.overlong == "penalty" and not 0 < self.reward.overlong_buffer <= ro.max_new_tokens:
+                problems.append(("reward.overlong_buffer", f"{self.reward.overlong_buffer} must be in [1, "
+                                 f"rollout.max_new_tokens={ro.max_new_tokens}] for reward.overlong=penalty; DAPO "
+                                 "uses a fifth of the length limit"))
+            if tr.dynamic_sampling and tr.num_processes > 1:
+                problems.append(("train.dynamic_sampling", f"works on one process only, got train.num_processes="
+                                 f"{tr.num_processes} (refilled groups would have to move between processes); set "
+                                 "train.num_processes=1 or train.dynamic_sampling=false"))
             if self.register.enabled and not self.tracking.enabled:
                 problems.append(("register.enabled", "the registry lives in the MLflow store; set "
                                  "tracking.enabled=true or register.enabled=false"))

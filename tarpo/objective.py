@@ -27,6 +27,13 @@ Departures from the reference (tarpo-reference.md):
    the detached new ones, which is exactly the reference's on-policy update (ratio 1, gradient of logp).
 4. Aggregation `seq-mean` (reference), `token-mean` (DAPO) or `dr-grpo` (constant normaliser); the
    normaliser is taken over the whole rollout batch so that micro-batching does not change the loss.
+5. TRL's `loss_type` names are accepted too. `grpo`, `dapo` and `dr_grpo` are the same losses as
+   `seq-mean`, `token-mean` and `dr-grpo` (TRL's grpo averages per-sequence means over the local batch, then over
+   accumulation steps and processes, which for equal-sized micro-batches is the mean over the whole batch; its
+   dapo divides by the active tokens of the global batch; its dr_grpo by batch x max_completion_length), so they
+   are aliases. `bnpo` is different: each micro-batch is divided by ITS OWN active tokens and the micro-batch
+   losses are averaged, so it depends on how the batch is cut into micro-batches (with one micro-batch on one
+   process it equals token-mean).
 """
 
 from __future__ import annotations
@@ -35,7 +42,9 @@ from dataclasses import dataclass
 
 import torch
 
-AGGREGATIONS = ("seq-mean", "token-mean", "dr-grpo")
+AGGREGATIONS = ("seq-mean", "token-mean", "dr-grpo", "grpo", "bnpo", "dr_grpo", "dapo")  # = TrainConfig's Literal
+# TRL loss_type names that are exactly one of ours (see 5. above); bnpo has its own branch in `aggregate`.
+AGGREGATION_ALIASES = {"grpo": "seq-mean", "dapo": "token-mean", "dr_grpo": "dr-grpo"}
 ADVANTAGE_SCALINGS = ("group", "batch", "none")
 
 
@@ -98,14 +107,19 @@ class Normaliser:
     rows: int
     tokens: int
     max_new_tokens: int
+    micro_batches: int = 1  # micro-batches in the batch over all processes (bnpo averages their losses)
 
 
 def aggregate(per_step: torch.Tensor, completion_mask: torch.Tensor, mode: str, norm: Normaliser) -> torch.Tensor:
     """This micro-batch's share of the batch loss. per_step (B, T) already masked to zero where it must not count.
 
     seq-mean: mean over rows of (sum over the row / row length); token-mean: sum / all tokens in the batch;
-    dr-grpo: sum / (rows * max_new_tokens).
+    dr-grpo: sum / (rows * max_new_tokens); bnpo: (sum / this micro-batch's tokens) / micro-batches.
+    TRL's names grpo, dapo, dr_grpo are aliases of seq-mean, token-mean, dr-grpo.
     """
+    mode = AGGREGATION_ALIASES.get(mode, mode)
+    if mode == "bnpo":
+        return per_step.sum() / completion_mask.sum().clamp_min(1) / norm.micro_batches
     if mode == "seq-mean":
         lengths = completion_mask.sum(1).clamp_min(1)
         return (per_step.sum(1) / lengths).sum() / norm.rows

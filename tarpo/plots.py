@@ -72,6 +72,11 @@ def train_figure(rows: Sequence[Mapping], title: str = "TARPO training"):
     reward_ax.legend(loc="best", fontsize=8)
     soft_ax.plot(*_series(rows, "soft_ratio"), color="#d94801")
     soft_ax.set_ylabel("soft-step ratio")
+    if _series(rows, "dynamic_filtered_share")[1]:  # train.dynamic_sampling: a share too, on the same panel
+        soft_ax.lines[-1].set_label("soft-step ratio")
+        soft_ax.plot(*_series(rows, "dynamic_filtered_share"), color="#756bb1", label="groups filtered (dynamic sampling)")
+        soft_ax.set_ylabel("share")
+        soft_ax.legend(loc="best", fontsize=8)
     _lines(length_ax, rows, (("completion_length", "all steps"), ("explicit_length", "explicit tokens")),
            "completion length")
     if any(_series(rows, key)[1] for key in ("kl_token", "kl_router")):

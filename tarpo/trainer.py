@@ -7,6 +7,8 @@ One optimizer step per rollout batch (per iteration when num_iterations > 1):
      exactly the rollouts an uninterrupted run would have drawn;
   3. reference log-probs (adapter off, initial router, the same mixed inputs) when beta > 0;
   4. micro-batched replay + backward, gradients accumulated over the whole rollout batch, clipped, one step.
+Optional (off by default): reward.overlong penalty (added to the rewards) or filter (truncated rows get no loss),
+and train.dynamic_sampling between 2 and 3 (equal-reward groups replaced by new prompts' groups, one process only).
 Non-finite losses or gradients skip the step; too many in a row stop training with a clear error.
 
 Departures from the reference: checkpoints with resume (W7); fp32 router with its own lr (W12);
@@ -26,17 +28,20 @@ from typing import Any, Callable, Sequence
 import torch
 
 from tarpo import sharding
+from tarpo import dynamic_sampling
 from tarpo.checkpoint import (TrainerState, choose_checkpoint, load_checkpoint, router_snapshot, save_checkpoint,
                               trainable_state, write_weights)
 from tarpo.objective import (LossInputs, LossSettings, Normaliser, advantage_stats, group_advantages, merge_stats,
                              tarpo_loss)
+from tarpo.overlong import length_penalty, truncated_rows
 from tarpo.render import completion_text, render_html
 from tarpo.fast_rollout import run_rollout
 from tarpo.rollout import Rollout, RolloutSettings, encode_prompts, replay
 from tarpo.tracking import NullTracker, Tracker
 
 # reward_fn(completion_texts, gold_answers, rollout) -> one reward per completion. The rollout record is
-# passed so that rewards may depend on the routing (e.g. a soft-step budget); text rewards ignore it.
+# passed so that rewards may depend on the routing (e.g. a soft-step budget); text rewards ignore it. A trainer
+# given `records` also passes `records=` (the record of each row), which reward plugins need (tarpo.reward_plugin).
 RewardFn = Callable[[list[str], list[str], Rollout], list[float]]
 
 
@@ -68,6 +73,10 @@ class TrainSettings:
     max_prompt_tokens: int | None = None
     log_samples_every: int = 0
     loss: LossSettings = field(default_factory=LossSettings)
+    dynamic_sampling: bool = False
+    dynamic_sampling_max_rounds: int = 2
+    overlong: str = "none"
+    overlong_buffer: int = 0
 
     @classmethod
     def from_config(cls, cfg) -> "TrainSettings":
@@ -80,6 +89,8 @@ class TrainSettings:
             advantage_epsilon=t.advantage_epsilon, seed=t.seed, checkpoint_every=t.checkpoint_every,
             keep_checkpoints=t.keep_checkpoints, max_nonfinite_steps=t.max_nonfinite_steps,
             max_prompt_tokens=ro.max_prompt_tokens, log_samples_every=t.log_samples_every,
+            dynamic_sampling=t.dynamic_sampling, dynamic_sampling_max_rounds=t.dynamic_sampling_max_rounds,
+            overlong=cfg.reward.overlong, overlong_buffer=cfg.reward.overlong_buffer,
             loss=LossSettings(clip_epsilon_low=t.clip_epsilon_low, clip_epsilon_high=t.clip_epsilon_high, beta=t.beta,
                               router_weight=r.loss_weight if r.mode == "tarpo" else 0.0,
                               aggregation=t.loss_aggregation))
@@ -122,8 +133,10 @@ def build_optimizer(policy, settings: TrainSettings) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, betas=(0.9, 0.99))
 
 
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{step}:{rank}".encode()).digest()
+def _step_seed(seed: int, step: int, rank: int, round_: int = 0) -> int:
+    """Seed of one rollout; round_ > 0 = a dynamic-sampling refill of the step (round 0 keeps its old seed)."""
+    key = f"{seed}:{step}:{rank}" + (f":refill{round_}" if round_ else "")
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
@@ -159,13 +172,16 @@ class TarpoTrainer:
     def __init__(self, policy, tokenizer, prompts: Sequence[str], answers: Sequence[str], reward_fn: RewardFn, *,
                  settings: TrainSettings, rollout_settings: RolloutSettings, output_dir: str | Path,
                  accelerator=None, tracker: Tracker | None = None, rollout_fn=run_rollout, log=print,
-                 params_hash: str | None = None):
+                 params_hash: str | None = None, records: Sequence[Any] | None = None):
         from accelerate import Accelerator
 
         if len(prompts) != len(answers) or not prompts:
             raise TrainingError(f"need as many answers as prompts (got {len(prompts)} prompts, {len(answers)} answers)")
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         world = self.accelerator.num_processes
+        if settings.dynamic_sampling and world > 1:
+            raise TrainingError(f"train.dynamic_sampling works on one process only, got {world} processes; set "
+                                "train.num_processes=1 or train.dynamic_sampling=false")
         if settings.prompts_per_step % world:
             raise TrainingError(f"rollout.prompts_per_step={settings.prompts_per_step} must be divisible by the "
                                 f"{world} processes so the completions of a prompt stay on one process")
@@ -175,6 +191,7 @@ class TarpoTrainer:
                                 f"completions each process generates per step")
         self.policy, self.tokenizer = policy, tokenizer
         self.prompts, self.answers, self.reward_fn = list(prompts), list(answers), reward_fn
+        self.records = list(records) if records is not None else None
         self.settings, self.rollout_settings = settings, rollout_settings
         self.output_dir = Path(output_dir)
         self.tracker = tracker if tracker is not None and self.accelerator.is_main_process else NullTracker()
@@ -238,19 +255,58 @@ class TarpoTrainer:
             write_weights(self.policy, self._saved_weights[1], Path(directory), self._routers)
 
     # ------------------------------------------------------------------ one step
-    def _local_batch(self) -> tuple[list[str], list[str]]:
+    def _local_indices(self, position: int, count: int) -> list[int]:
+        """This process's prompt indices among `count` prompts from stream position `position`, one per row."""
         s, acc = self.settings, self.accelerator
-        indices = step_prompt_indices(self.state.data_position, s.prompts_per_step, len(self.prompts), s.seed)
-        share = s.prompts_per_step // acc.num_processes
+        indices = step_prompt_indices(position, count, len(self.prompts), s.seed)
+        share = count // acc.num_processes
         mine = indices[acc.process_index * share:(acc.process_index + 1) * share]
-        prompts = [self.prompts[i] for i in mine for _ in range(s.group_size)]
-        answers = [self.answers[i] for i in mine for _ in range(s.group_size)]
-        return prompts, answers
+        return [i for i in mine for _ in range(s.group_size)]
 
-    def _rollout(self, prompts: list[str]) -> Rollout:
+    def _local_batch(self, position: int | None = None, count: int | None = None) -> tuple[list[str], list[str]]:
+        rows = self._local_indices(self.state.data_position if position is None else position,
+                                   self.settings.prompts_per_step if count is None else count)
+        return [self.prompts[i] for i in rows], [self.answers[i] for i in rows]
+
+    def _local_records(self, position: int | None = None, count: int | None = None) -> list | None:
+        if self.records is None:
+            return None
+        rows = self._local_indices(self.state.data_position if position is None else position,
+                                   self.settings.prompts_per_step if count is None else count)
+        return [self.records[i] for i in rows]
+
+    def _score(self, texts: list[str], answers: list[str], batch: Rollout, records: list | None) -> list[float]:
+        """Rewards per row: the reward function, plus DAPO's soft length penalty under reward.overlong=penalty."""
+        extra = {"records": records} if records is not None else {}
+        rewards = [float(r) for r in self.reward_fn(texts, answers, batch, **extra)]
+        if self.settings.overlong == "penalty":
+            penalty = length_penalty(batch.completion_mask.sum(1), self.rollout_settings.max_new_tokens,
+                                     self.settings.overlong_buffer)
+            rewards = [r + p for r, p in zip(rewards, penalty.tolist())]
+        return rewards
+
+    def _refill(self, first: dynamic_sampling.Sample) -> tuple[dynamic_sampling.Sample, dynamic_sampling.FillStats]:
+        """Dynamic sampling: replace equal-reward groups by new prompts' groups drawn after this step's prompts."""
+        s = self.settings
+        position = [self.state.data_position + s.prompts_per_step]
+
+        def draw(round_: int, count: int) -> dynamic_sampling.Sample:
+            prompts, answers = self._local_batch(position[0], count)
+            records = self._local_records(position[0], count)
+            position[0] += count
+            batch = self._rollout(prompts, round_)
+            texts = [completion_text(self.tokenizer, batch, i) for i in range(batch.num_rows)]
+            return dynamic_sampling.Sample(batch, texts, self._score(texts, answers, batch, records), prompts,
+                                           answers, records)
+
+        return dynamic_sampling.fill_batch(first, draw, group_size=s.group_size,
+                                           max_rounds=s.dynamic_sampling_max_rounds,
+                                           pad_token_id=self.rollout_settings.pad_token_id)
+
+    def _rollout(self, prompts: list[str], round_: int = 0) -> Rollout:
         ids, mask = encode_prompts(self.tokenizer, prompts, self.settings.max_prompt_tokens, self.policy.device)
         generator = torch.Generator(device=self.policy.device)
-        generator.manual_seed(_step_seed(self.settings.seed, self.state.step, self.accelerator.process_index))
+        generator.manual_seed(_step_seed(self.settings.seed, self.state.step, self.accelerator.process_index, round_))
         sharding.gather_root(self.accelerator, self.module)
         self.policy.eval()
         try:
@@ -279,14 +335,19 @@ class TarpoTrainer:
                 routers.append(out.router_logp)
         return tokens, routers
 
-    def _update(self, batch: Rollout, advantages: torch.Tensor, ref, iteration: int) -> dict[str, float] | None:
-        """Micro-batched replay + backward over the whole batch, then one optimizer step (None if skipped)."""
+    def _update(self, batch: Rollout, advantages: torch.Tensor, ref, iteration: int,
+                loss_rows: torch.Tensor | None = None) -> dict[str, float] | None:
+        """Micro-batched replay + backward over the whole batch, then one optimizer step (None if skipped).
+
+        loss_rows (B,) bool: rows that get a loss (None = all); reward.overlong=filter excludes truncated ones."""
         s, acc = self.settings, self.accelerator
         mb = s.micro_batch_size
         chunks = [slice(i, i + mb) for i in range(0, batch.num_rows, mb)]
-        tokens_global = acc.reduce(batch.completion_mask.sum().to(acc.device), reduction="sum").item()
+        loss_mask = batch.completion_mask if loss_rows is None else batch.completion_mask & loss_rows[:, None]
+        tokens_global = acc.reduce(loss_mask.sum().to(acc.device), reduction="sum").item()
         norm = Normaliser(rows=s.prompts_per_step * s.group_size, tokens=int(tokens_global),
-                          max_new_tokens=self.rollout_settings.max_new_tokens)
+                          max_new_tokens=self.rollout_settings.max_new_tokens,
+                          micro_batches=len(chunks) * acc.num_processes)
         stats, entropy, router_entropy, finite = [], [], [], True
         for index, chunk in enumerate(chunks):
             # no gradient sync before the last micro-batch; its context must cover forward and backward
@@ -301,7 +362,8 @@ class TarpoTrainer:
                 old_token_logp=out.token_logp.detach() if on_policy else part.token_logp,
                 old_router_logp=out.router_logp.detach() if on_policy else part.router_logp,
                 ref_token_logp=ref[0][index] if ref[0] else None, ref_router_logp=ref[1][index] if ref[1] else None,
-                advantages=advantages[chunk].to(self.policy.device), completion_mask=part.completion_mask,
+                advantages=advantages[chunk].to(self.policy.device),
+                completion_mask=loss_mask[chunk].to(self.policy.device),
                 decision_mask=part.decision_mask, tempered_token_logp=out.tempered_token_logp)
             loss, part_stats = tarpo_loss(inputs, s.loss, norm)
             finite &= bool(torch.isfinite(loss))
@@ -338,14 +400,29 @@ class TarpoTrainer:
         batch = self._rollout(prompts)
         rollout_seconds = time.perf_counter() - started
         texts = [completion_text(self.tokenizer, batch, i) for i in range(batch.num_rows)]
-        rewards = [float(r) for r in self.reward_fn(texts, answers, batch)]
+        records = self._local_records()
+        rewards = self._score(texts, answers, batch, records)
+        fill = None
+        if self.settings.dynamic_sampling:
+            refill_started = time.perf_counter()
+            sample, fill = self._refill(dynamic_sampling.Sample(batch, texts, rewards, prompts, answers, records))
+            batch, texts, rewards, prompts, answers = (sample.rollout, sample.texts, sample.rewards, sample.prompts,
+                                                       sample.answers)
+            rollout_seconds += time.perf_counter() - refill_started
         advantages, metrics = self._advantages(torch.tensor(rewards, dtype=torch.float32))
+        if fill is not None:
+            metrics.update(fill.metrics(self.settings.group_size))
+        if self.settings.overlong == "penalty":  # so that the task reward can be told apart from the penalty
+            penalty = length_penalty(batch.completion_mask.sum(1), self.rollout_settings.max_new_tokens,
+                                     self.settings.overlong_buffer).mean().to(self.accelerator.device)
+            metrics["overlong_penalty_mean"] = float(self.accelerator.reduce(penalty, reduction="mean"))
+        loss_rows = ~truncated_rows(batch.stop_reason) if self.settings.overlong == "filter" else None
         mb = self.settings.micro_batch_size
         ref = self._reference_logprobs(batch, [slice(i, i + mb) for i in range(0, batch.num_rows, mb)])
         update_started = time.perf_counter()
         skipped = False
         for iteration in range(self.settings.num_iterations):
-            result = self._update(batch, advantages, ref, iteration)
+            result = self._update(batch, advantages, ref, iteration, loss_rows)
             if result is None:
                 skipped = True
                 break
@@ -357,19 +434,22 @@ class TarpoTrainer:
         metrics["tokens_per_second"] = metrics["completion_tokens"] * self.accelerator.num_processes / max(rollout_seconds, 1e-9)
         self._count_nonfinite(skipped)
         self.state.step += 1
-        self.state.data_position += self.settings.prompts_per_step
+        self.state.data_position += self.settings.prompts_per_step + (fill.extra_prompts if fill is not None else 0)
         return StepOutcome(metrics, batch, texts, rewards, prompts, answers)
 
     def _rollout_metrics(self, batch: Rollout) -> dict[str, float]:
         mask = batch.completion_mask
         lengths = mask.sum(1).float()
         soft = (batch.soft_mask & mask).sum(1).float()
+        truncated = truncated_rows(batch.stop_reason).sum().float()
         local = torch.stack([lengths.sum(), soft.sum(), (batch.decision_mask & mask).sum().float(),
-                             lengths.new_tensor(float(batch.num_rows))]).to(self.accelerator.device)
+                             lengths.new_tensor(float(batch.num_rows)), truncated.to(lengths.device)]
+                            ).to(self.accelerator.device)
         total = self.accelerator.reduce(local, reduction="sum").cpu()
         return {"completion_length": float(total[0] / total[3]), "soft_ratio": float(total[1] / total[0].clamp_min(1)),
                 "decision_ratio": float(total[2] / total[0].clamp_min(1)),
                 "explicit_length": float((total[0] - total[1]) / total[3]),
+                "truncated_ratio": float(total[4] / total[3]),
                 "completion_tokens": float(lengths.sum())}
 
     def _count_nonfinite(self, skipped: bool) -> None:

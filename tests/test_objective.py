@@ -57,7 +57,9 @@ def hand_loss(aggregation, clip):
     n_tokens = sum(map(sum, MASK))
     for i in range(4):
         length = sum(MASK[i])
-        scale = {"seq-mean": 1 / (4 * length), "token-mean": 1 / n_tokens, "dr-grpo": 1 / (4 * 3)}[aggregation]
+        scale = {"seq-mean": 1 / (4 * length), "token-mean": 1 / n_tokens, "dr-grpo": 1 / (4 * 3),
+                 "grpo": 1 / (4 * length), "dapo": 1 / n_tokens, "dr_grpo": 1 / (4 * 3),
+                 "bnpo": 1 / n_tokens}[aggregation]  # bnpo: one micro-batch, its own tokens
         for t in range(3):
             if not MASK[i][t]:
                 continue
@@ -84,7 +86,7 @@ def inputs(clip):
     return x, new, r_new
 
 
-@pytest.mark.parametrize("aggregation", ["seq-mean", "token-mean", "dr-grpo"])
+@pytest.mark.parametrize("aggregation", ["seq-mean", "token-mean", "dr-grpo", "grpo", "bnpo", "dr_grpo", "dapo"])
 @pytest.mark.parametrize("clip", [False, True])
 def test_loss_and_gradients_match_hand_computation(aggregation, clip):
     global OLD, R_OLD
@@ -275,3 +277,38 @@ def test_values_at_masked_steps_change_nothing():
     assert dirty.item() == pytest.approx(clean.item(), abs=1e-6)
     assert all(torch.isfinite(torch.tensor(v)).all() for v in stats.values())
     assert torch.isfinite(hostile["token_logp"].grad).all() and torch.isfinite(hostile["router_logp"].grad).all()
+
+
+# Two sequences: row 0 has 3 tokens (loss 1, 2, 3), row 1 has 2 (loss 4, 5; the third step is padding). They are one
+# micro-batch of a rollout batch of 4 rows in 2 micro-batches; the other micro-batch holds 2 tokens, so the batch
+# has 7 tokens, and max_new_tokens is 3. Each expected value below is worked out by hand.
+TWO_ROWS = [[1.0, 2.0, 3.0], [4.0, 5.0, 0.0]]
+TWO_MASK = [[1, 1, 1], [1, 1, 0]]
+HAND = {
+    "seq-mean": ((1 + 2 + 3) / 3 + (4 + 5) / 2) / 4,   # mean over the batch's 4 rows of each row's token mean
+    "grpo": ((1 + 2 + 3) / 3 + (4 + 5) / 2) / 4,       # TRL grpo: the same
+    "token-mean": (1 + 2 + 3 + 4 + 5) / 7,             # all active tokens of the batch
+    "dapo": (1 + 2 + 3 + 4 + 5) / 7,                   # TRL dapo: tokens of the global batch, the same
+    "dr-grpo": (1 + 2 + 3 + 4 + 5) / (4 * 3),          # rows x max_new_tokens
+    "dr_grpo": (1 + 2 + 3 + 4 + 5) / (4 * 3),          # TRL dr_grpo: the same
+    "bnpo": (1 + 2 + 3 + 4 + 5) / 5 / 2,               # this micro-batch's own 5 tokens, averaged over 2 micro-batches
+}
+
+
+@pytest.mark.parametrize("name", sorted(HAND))
+def test_loss_names_match_hand_computation_on_two_sequences(name):
+    mask = torch.tensor(TWO_MASK, dtype=torch.bool)
+    per_step = torch.tensor(TWO_ROWS) * mask
+    norm = Normaliser(rows=4, tokens=7, max_new_tokens=3, micro_batches=2)
+    assert aggregate(per_step, mask, name, norm).item() == pytest.approx(HAND[name], abs=1e-7)
+
+
+def test_loss_names_are_the_config_literal_and_only_bnpo_is_new():
+    import typing
+
+    from tarpo.config import TrainConfig
+    from tarpo.objective import AGGREGATION_ALIASES, AGGREGATIONS
+
+    assert typing.get_args(TrainConfig.model_fields["loss_aggregation"].annotation) == AGGREGATIONS
+    assert len(set(HAND.values())) == 4  # four different losses under seven names
+    assert set(AGGREGATIONS) - set(AGGREGATION_ALIASES) - {"seq-mean", "token-mean", "dr-grpo"} == {"bnpo"}

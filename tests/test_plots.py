@@ -39,3 +39,13 @@ def test_train_figure_shows_entropies_when_there_is_no_kl():
     assert list(panel.get_lines()[0].get_ydata()) == pytest.approx([0.19, 0.18, 0.17, 0.16])
     rows[0]["kl_token"] = 0.5
     assert [line.get_label() for line in train_figure(rows).axes[3].get_lines()] == ["token KL"]
+
+
+def test_train_figure_adds_the_filtered_share_only_with_dynamic_sampling():
+    rows = [{"step": s, "reward_mean": 0.1, "soft_ratio": 0.01 * s, "completion_length": 20.0} for s in range(1, 4)]
+    assert len(train_figure(rows).axes[1].get_lines()) == 1
+    for row, share in zip(rows, (0.5, 0.25, 0.0)):
+        row["dynamic_filtered_share"] = share
+    lines = train_figure(rows).axes[1].get_lines()
+    assert [line.get_label() for line in lines] == ["soft-step ratio", "groups filtered (dynamic sampling)"]
+    assert list(lines[1].get_ydata()) == [0.5, 0.25, 0.0]

@@ -177,9 +177,10 @@ def test_reward_config_mirrors_the_library():
     assert typing.get_args(RewardConfig.model_fields["kind"].annotation) == rewards.KINDS
     assert typing.get_args(RewardConfig.model_fields["answer_rule"].annotation) == rewards.ANSWER_RULES
     cfg = TarpoConfig().reward
-    assert cfg.model_dump() == {"kind": "auto", "answer_rule": "marker", "require_single_marker": False}
+    assert cfg.model_dump() == {"kind": "auto", "answer_rule": "marker", "require_single_marker": False,
+                                "function": None, "overlong": "none", "overlong_buffer": 0}
     assert all(f.description for f in RewardConfig.model_fields.values())
-    fn = make_reward_fn(marker="####", **cfg.model_dump())  # what the train and evaluate stages call
+    fn = make_reward_fn(marker="####", **cfg.rule_settings())  # what the train and evaluate stages call
     assert [r.reward for r in fn(["#### 18 (since 9 * 2)"], ["18"])] == [1.0]
 
 

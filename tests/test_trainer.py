@@ -54,9 +54,10 @@ def test_soft_ratio_follows_a_routing_reward(tmp_path, reward, direction):
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--dynamic-sampling", "--reward", "sparse")], ids=["plain", "dynamic-sampling"])
+def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, extra):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    common = ("--steps", 6, "--checkpoint-every", 2, "--iterations", 2, "--max-consecutive", 2)
+    common = ("--steps", 6, "--checkpoint-every", 2, "--iterations", 2, "--max-consecutive", 2, *extra)
     run_driver(full, *common)
     proc = run_driver(killed, *common, "--kill-after", 4, check=False)
     assert proc.returncode == -9, proc.stderr[-2000:]
@@ -71,6 +72,10 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
     assert (a - b).abs().max().item() <= 1e-6
     rewards_full = [row["reward_mean"] for row in steps_logged(full)]
     assert [row["reward_mean"] for row in steps_logged(killed)] == rewards_full
+    if extra:  # the resumed run drew the same extra prompts after the checkpoint (the data position counts them)
+        refills = [row["dynamic_extra_rollouts"] for row in steps_logged(full)]
+        assert sum(refills[:4]) > 0, refills  # before the checkpoint of step 4
+        assert [row["dynamic_extra_rollouts"] for row in steps_logged(killed)] == refills
 
 
 @pytest.mark.slow
@@ -217,3 +222,19 @@ def test_filtered_sampling_with_a_perturbed_adapter_trains_finitely(tmp_path, fi
         # policy != reference (measured 0.8-1.3 per token), and no -1e4 floor leaked into it
         assert 0.05 < metrics["kl_token"] < 20.0, metrics["kl_token"]
         assert metrics["kl_router"] > 0
+
+
+def test_bnpo_divides_each_micro_batch_by_its_own_tokens(tmp_path):
+    """One micro-batch: bnpo is token-mean. Four of unequal token counts: the mean of their token-means, which
+    differs from token-mean but is of its size (a missing division by the micro-batch count would make it 4x)."""
+    norms = {}
+    for aggregation, micro in [("token-mean", 8), ("bnpo", 8), ("token-mean", 2), ("bnpo", 2)]:
+        trainer = in_process_trainer(tmp_path / f"{aggregation}-{micro}", first_token_even, micro_batch=micro,
+                                     aggregation=aggregation, perturb=0.05, eos_token_ids=tuple(range(0, 512, 8)))
+        outcome = trainer.train_step()
+        norms[aggregation, micro] = outcome.metrics["grad_norm"]
+    lengths = outcome.rollout.completion_mask.sum(1).view(4, 2).sum(1)
+    assert len(set(lengths.tolist())) > 1, "need micro-batches with different token counts"
+    assert norms["bnpo", 8] == pytest.approx(norms["token-mean", 8], rel=1e-6)
+    ratio = norms["bnpo", 2] / norms["token-mean", 2]
+    assert 0.5 < ratio < 2 and abs(ratio - 1) > 1e-4, ratio

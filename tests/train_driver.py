@@ -45,7 +45,7 @@ def build(args):
         steps=args.steps, prompts_per_step=args.prompts, group_size=4, micro_batch_size=args.micro_batch,
         lr=args.lr, router_lr=args.router_lr, warmup_ratio=0.0, lr_schedule="cosine", max_grad_norm=1.0,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=5, num_iterations=args.iterations,
-        max_nonfinite_steps=2,
+        max_nonfinite_steps=2, dynamic_sampling=getattr(args, "dynamic_sampling", False),
         loss=LossSettings(beta=args.beta, router_weight=1.0, aggregation=args.aggregation))
     return policy, tokenizer, rollout_settings, settings
 
@@ -56,6 +56,8 @@ def reward_fn(kind):
             return (rollout.completion_ids[:, 0] % 2 == 0).float().tolist()
         if kind == "nan":
             return [float("nan")] * len(texts)
+        if kind == "sparse":  # rare: most groups of 4 earn all 0 (dynamic sampling refills them)
+            return (rollout.completion_ids[:, 0] % 8 == 0).float().tolist()
         soft = (rollout.soft_mask & rollout.completion_mask).sum(1).float()
         frac = soft / rollout.completion_mask.sum(1).clamp_min(1)
         return (frac if kind == "pay-soft" else 1.0 - frac).tolist()
@@ -113,6 +115,7 @@ def main():
     p.add_argument("--reward", default="first-even")
     p.add_argument("--max-consecutive", type=int, default=None)
     p.add_argument("--fsdp", action="store_true", help="FSDP2 over gloo (under accelerate launch)")
+    p.add_argument("--dynamic-sampling", action="store_true")
     args = p.parse_args()
     policy, tokenizer, rollout_settings, settings = build(args)
     out = Path(args.out)

@@ -110,6 +110,14 @@ SET_ROWS = [
         "train.checkpoint_evry: unknown key"),
     Row("set-lora-rank-0", ["train", "--set", "model.lora.rank=0"], "model.lora.rank: must be >= 1"),
     Row("set-eval-temperature-0", ["evaluate", "--set", "eval.temperature=0"], "eval.temperature: temperature=0"),
+    Row("set-reward-function-missing", ["train", "--set", "reward.function=no_such_plugin:score"],
+        "reward.function: cannot import 'no_such_plugin' (ModuleNotFoundError"),
+    Row("set-reward-function-signature", ["train", "--set", "reward.function=tarpo.rewards:extract_answer"],
+        "reward.function: tarpo.rewards:extract_answer must accept (completion, gold, record)"),
+    Row("set-overlong-no-buffer", ["train", "--set", "reward.overlong=penalty"],
+        "reward.overlong_buffer: 0 must be in [1, rollout.max_new_tokens="),
+    Row("set-dynamic-sampling-2-processes", ["train", "--set", "train.dynamic_sampling=true", "--set",
+        "train.num_processes=2", "--set", "train.micro_batch_size=1"], "train.dynamic_sampling: works on one process only"),
 ]
 
 MODEL_ROWS = [
@@ -276,6 +284,10 @@ FAULT_ROWS = [
     Row("nan-loss-stops-training", ["train", "--no-resume", "--set", "train.max_nonfinite_steps=0"],
         "error: 1 consecutive steps had a non-finite loss", fault=patch("tarpo.trainer.tarpo_loss", nan_loss),
         may_change=CHECKPOINTS),
+    Row("reward-plugin-returns-nan", ["train", "--no-resume", "--set", "reward.function=nan_reward_plugin:reward"],
+        "reward.function: nan_reward_plugin:reward returned nan for record",
+        setup=put("nan_reward_plugin.py", "def reward(completion, gold, record):\n    return float('nan')\n"),
+        may_change=(*CHECKPOINTS, "nan_reward_plugin.py", "__pycache__")),
 ]
 
 DISK_FULL_ROWS = [  # (row, whether the stage has to run for seconds before its first write)
