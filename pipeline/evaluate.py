@@ -2,7 +2,8 @@
 
 Reads `eval` (+ the prompt format, model and router sections), the prepared eval split, the warm-up output,
 `models/tarpo/` and the run info. Writes atomically: `metrics/eval.json` (flat keys `warmup/...`, `tarpo/...`,
-`improvement`, `improvement_stderr`), `eval/{warmup,tarpo}.jsonl` (per problem, soft spans as ⟦…⟧) and
+`improvement`, `improvement_stderr`, `eval_router_hard` = 1 when eval.router=hard ran both models hard-only),
+`eval/{warmup,tarpo}.jsonl` (per problem, soft spans as ⟦…⟧) and
 `plots/eval.csv`; logs the eval metrics and files to the training run. The "before" model follows the same rule
 as train (pipeline.common.choose_base) and must be the one models/tarpo was trained from.
 
@@ -52,7 +53,9 @@ def make_generate_fn(policy, tokenizer, settings, max_prompt_tokens: int | None)
 def evaluate_policy(policy, tokenizer, records, cfg, *, progress_label: str = "", log=None) -> tuple[list, dict]:
     """Seeded k-sample (and optional greedy) evaluation of one policy on `records`.
 
-    The summary also counts `prompts_truncated`: prompts longer than rollout.max_prompt_tokens (warned via `log`).
+    eval.router=hard forces every step hard (router mode hard: no router, no soft-input noise); learned routes as
+    the config's router section says. The summary also counts `prompts_truncated`: prompts longer than
+    rollout.max_prompt_tokens (warned via `log`).
     """
     import torch
 
@@ -62,6 +65,8 @@ def evaluate_policy(policy, tokenizer, records, cfg, *, progress_label: str = ""
 
     ev, ro = cfg.eval, cfg.rollout
     common = dict(max_new_tokens=ev.max_new_tokens or ro.max_new_tokens, greedy_router=ev.router_greedy)
+    if ev.router == "hard":
+        common["router_mode"] = "hard"
     sampled = RolloutSettings.from_config(ro, cfg.router, tokenizer, policy.vocab_size, temperature=ev.temperature,
                                           **common)
     greedy = RolloutSettings.from_config(ro, cfg.router, tokenizer, policy.vocab_size, greedy_tokens=True, **common)
@@ -118,6 +123,8 @@ def eval_set_record(records, cfg) -> dict:
     settings = {"num_samples": ev.num_samples, "temperature": ev.temperature, "greedy": ev.greedy,
                 "router_greedy": ev.router_greedy, "max_new_tokens": ev.max_new_tokens or cfg.rollout.max_new_tokens,
                 "seed": ev.seed}
+    if ev.router != "learned":  # only when set: the default's hash (and the champions compared by it) stay as they were
+        settings["router"] = ev.router
     problems = [[r.prompt, r.answer] for r in records]   # ids are labels; the text is what is evaluated
     digest = hashlib.sha256(json.dumps([problems, settings], sort_keys=True).encode()).hexdigest()
     return {"hash": digest[:16], "num_problems": len(records), "settings": settings}
@@ -151,6 +158,7 @@ def run_evaluate(*, cfg, eval_path: str | Path = paths.EVAL_DATA, warmup_dir: st
                                                 log=log if name == "warmup" else None)
         metrics.update({f"{name}/{k}": v for k, v in summary.items()})
     metrics.update(compare(results["warmup"], results["tarpo"]))
+    metrics["eval_router_hard"] = float(cfg.eval.router == "hard")  # both models ran hard-only (eval.router)
     from tarpo.plots import eval_figure, save_png
     from tarpo.render import eval_html
 
@@ -202,6 +210,6 @@ def run_evaluate_model(*, cfg, eval_path: str | Path | None = None, out_root: st
     results, summary = evaluate_policy(policy, tokenizer, records, cfg, log=log)
     out_dir = Path(out_root) / model_label(resolved.name)
     write_jsonl_atomic(out_dir / "completions.jsonl", (r.to_row() for r in results))
-    metrics = {**summary, "base": base}
+    metrics = {**summary, "eval_router_hard": float(cfg.eval.router == "hard"), "base": base}
     write_json_atomic(out_dir / "metrics.json", metrics)
     return metrics, out_dir

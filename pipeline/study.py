@@ -211,7 +211,8 @@ class Study:
         numbers = {f"eval/tarpo_{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
         numbers.update({f"eval/warmup_{k}": float(v) for k, v in warmup_summary.items()})
         numbers.update({"eval/improvement": record["improvement"],
-                        "eval/improvement_stderr": record["improvement_stderr"]})
+                        "eval/improvement_stderr": record["improvement_stderr"],
+                        "eval/eval_router_hard": float(cfg.eval.router == "hard")})
         tracker.log_metrics(numbers)
         tracker.close()
 

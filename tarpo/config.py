@@ -151,6 +151,15 @@ class RouterConfig(BaseModel):
     loss_weight: float = Field(0.1, ge=0, description="Weight lambda of the router policy-gradient term.")
     lr: Optional[float] = Field(None, gt=0, description=f"Router learning rate (its own parameter group){_R}.")
     soft_probability: float = Field(0.1, ge=0, le=1, description="Soft-step probability for mode=soft-fixed.")
+    soft_noise: Literal["none", "gumbel", "gaussian"] = Field(
+        "none", description="Noise on soft steps' inputs, recorded so that training replays it (every rollout: "
+        "training, evaluation, serving; no effect with mode=hard): gumbel = top-k weights become "
+        "softmax(log w + scale * Gumbel(0,1)); gaussian = scale x embedding RMS x N(0, I) added to the mixed "
+        "embedding; none = the plain mixture.")
+    soft_noise_scale: float = Field(
+        1.0, gt=0, description="Size of router.soft_noise: gumbel = multiplier of the Gumbel draws against log w "
+        "(1 = a Gumbel-softmax at temperature 1, -> 0 = no noise); gaussian = noise std in units of the embedding "
+        "table's RMS entry (1 = as large as a typical embedding entry).")
 
     @field_validator("init_bias", mode="before")
     @classmethod
@@ -308,6 +317,10 @@ class EvalConfig(BaseModel):
     temperature: float = Field(0.5, description="Sampling temperature for evaluation (> 0).")
     greedy: bool = Field(True, description="Also compute greedy (temperature 0) accuracy.")
     router_greedy: bool = Field(False, description="Route by the router's argmax instead of sampling it.")
+    router: Literal["learned", "hard"] = Field(
+        "learned", description="Router at evaluation (evaluate stage, eval.every curve, studies): learned = the "
+        "trained router; hard = every step hard (\"train soft, run hard\"). The registered model keeps the "
+        "learned router.")
     batch_size: Optional[int] = Field(None, ge=1, description=f"Sequences decoded together{_R}.")
     max_new_tokens: Optional[int] = Field(None, ge=1, description="null = rollout.max_new_tokens.")
     max_problems: Optional[int] = Field(None, ge=1, description=f"Evaluate the first N problems{_R} (which may be all).")

@@ -14,8 +14,9 @@ What makes it fast:
 2. All per-step outputs are written by index into preallocated (B, T_max, ...) buffers inside the step; the
    step returns nothing, so CUDA-graph replays never overwrite a tensor we still hold (gpu-anchors lesson).
 3. The decode step (logits + router + `choose_step` + forward of the next input) is compiled with
-   `torch.compile(mode="reduce-overhead")` (CUDA graphs) on CUDA. Uniforms are drawn OUTSIDE the graph with
-   `draw_uniforms` in the eager loop's order, so the same seed gives the same tokens.
+   `torch.compile(mode="reduce-overhead")` (CUDA graphs) on CUDA. Uniforms (and the soft-input noise's draws)
+   are drawn OUTSIDE the graph with `draw_uniforms` / `draw_noise` in the eager loop's order, so the same seed
+   gives the same tokens; the gaussian noise std is a static buffer filled at prefill.
 4. No host synchronisation inside the loop: the marker automaton and the latent limits are device-side in
    `choose_step`; the only sync is an "all rows finished?" check every `sync_every` steps. The record is then
    trimmed to the step at which the last row finished, exactly where the eager loop stops, and the generator
@@ -42,8 +43,8 @@ from typing import Any
 import torch
 
 from tarpo.attention import decode_attention_active
-from tarpo.rollout import (DecodeState, Rollout, RolloutSettings, choose_step, draw_uniforms, prompt_positions,
-                           rollout_from_records, rollout as eager_rollout)
+from tarpo.rollout import (DecodeState, Rollout, RolloutSettings, choose_step, draw_noise, draw_uniforms,
+                           prompt_positions, rollout_from_records, rollout as eager_rollout, soft_noise_std)
 
 ENGINES = ("auto", "eager", "fast")
 SUPPORTED_ATTENTION = ("sdpa", "eager")
@@ -168,9 +169,12 @@ class _DecodeEngine:
             "token_ids": torch.zeros(B, T, **long), "token_logp": torch.zeros(B, T, **f32),
             "alive": torch.zeros(B, T, **flag), "soft": torch.zeros(B, T, **flag),
             "decided": torch.zeros(B, T, **flag), "router_logp": torch.zeros(B, T, **f32),
-            "topk_ids": torch.zeros(B, T, k, **long), "topk_weights": torch.zeros(B, T, k, **f32)}
+            "topk_ids": torch.zeros(B, T, k, **long), "topk_weights": torch.zeros(B, T, k, **f32),
+            "noise_seeds": torch.zeros(B, T, **long)}
+        self.noise_std = torch.zeros(B, **f32) if settings.noise == "gaussian" else None  # (B,) set at prefill
         for tensor in (self.key_mask, self.positions, self.step_index, self.last_hidden, self.finished,
-                       self.marker_state, self.soft_used, self.soft_run, *self.records.values()):
+                       self.marker_state, self.soft_used, self.soft_run, *self.records.values(),
+                       *([self.noise_std] if self.noise_std is not None else [])):
             _mark_static(tensor)
         if settings.marker is not None:
             _mark_static(settings.marker.table)
@@ -180,13 +184,13 @@ class _DecodeEngine:
         """Cache positions the step `step_index` attends: it writes position P + t and reads 0 .. P + t."""
         return length_bucket(self.prompt_len + step_index + 1, self.length)
 
-    def run_step(self, policy, step_index: int, token_u, router_u) -> None:
+    def run_step(self, policy, step_index: int, token_u, router_u, noise_u=None) -> None:
         """One decode step over the length bucket of `step_index` (compiled: one graph per bucket)."""
         self.cache.view_len = self.bucket(step_index)
         if self.step is None:
-            self._step(policy, token_u, router_u)
+            self._step(policy, token_u, router_u, noise_u)
         else:
-            self.step(self.cache.view_len, policy, token_u, router_u)
+            self.step(self.cache.view_len, policy, token_u, router_u, noise_u)
 
     def _forward(self, policy, inputs_embeds: torch.Tensor, allowed: torch.Tensor, position_ids: torch.Tensor):
         """Decoder over (B, q, d) inputs at cache positions write_start.., mask `allowed` (B, 1, q, L) bool."""
@@ -213,15 +217,18 @@ class _DecodeEngine:
         self.last_hidden.copy_(hidden[:, -1])
         self.positions.copy_(positions[:, -1:] + 1)
         self.cache.write_start.fill_(P)
+        if self.noise_std is not None:
+            self.noise_std.copy_(soft_noise_std(self.settings, policy.embedding_weight, self.batch))
 
-    def _step(self, policy, token_u, router_u) -> None:
+    def _step(self, policy, token_u, router_u, noise_u=None) -> None:
         """One decode step on the static buffers: choose y_t, a_t (shared `choose_step`), record column t,
         then feed e_t at cache position P + t. Mutates buffers in place and returns nothing."""
         settings = self.settings
         logits = policy.token_logits(self.last_hidden)  # (B, V) fp32
         router_logits = policy.router_logits(self.last_hidden) if settings.router_mode == "tarpo" else None
         state = DecodeState(self.finished, self.marker_state, self.soft_used, self.soft_run, self.step_index)
-        result = choose_step(settings, policy.embedding_weight, logits, router_logits, state, token_u, router_u)
+        result = choose_step(settings, policy.embedding_weight, logits, router_logits, state, token_u, router_u,
+                             noise_u, self.noise_std)
         column = self.step_index
         for name, buffer in self.records.items():
             buffer.index_copy_(1, column, getattr(result, name).unsqueeze(1))
@@ -241,7 +248,8 @@ class _DecodeEngine:
     def record(self, prompt_ids, prompt_mask, steps: int) -> Rollout:
         """Trim the (B, T_max) records to the steps the eager loop would have run and build the Rollout."""
         out = {name: buffer[:, :steps].clone() for name, buffer in self.records.items()}
-        return rollout_from_records(prompt_ids, prompt_mask, out, self.finished)
+        noise_std = self.noise_std.clone() if self.noise_std is not None else None
+        return rollout_from_records(prompt_ids, prompt_mask, out, self.finished, noise_std)
 
 
 def length_bucket(needed: int, capacity: int, smallest: int = 16) -> int:
@@ -387,10 +395,11 @@ def fast_rollout(policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *,
             rng_after.clear()
             for i in range(window):
                 token_u, router_u = draw_uniforms(settings, batch, engine.vocab, generator, device)
+                noise_u = draw_noise(settings, batch, engine.vocab, generator, device)
                 rng_after.append(generator.get_state())
                 if engine.step is not None and device.type == "cuda":
                     torch.compiler.cudagraph_mark_step_begin()
-                engine.run_step(policy, steps_run + i, token_u, router_u)
+                engine.run_step(policy, steps_run + i, token_u, router_u, noise_u)
             steps_run += window
             if bool(engine.finished.all()):  # the loop's only host sync
                 break

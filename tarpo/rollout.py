@@ -16,6 +16,10 @@ Departures from the reference (tarpo-reference.md):
    row ends, or `max_latent_steps` / `max_consecutive_latent_steps` are used up (the reference had no limits),
    and at the last step t = max_new_tokens - 1, whose input is never fed: a decision there would be recorded,
    trained and counted as soft without changing anything the model saw.
+7. Optional soft-input noise (`soft_noise`: gumbel on the top-k weights, gaussian on the mixed embedding,
+   tarpo.mixing) on soft steps only, drawn from the rollout's generator AFTER the step's uniforms (so `none`
+   consumes the random stream exactly as before) and recorded: gumbel in `topk_weights`, gaussian as one seed
+   per step plus the row's noise std, so `replay` rebuilds the same inputs.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from typing import Sequence
 import torch
 
 from tarpo.marker import MarkerMatcher
-from tarpo.mixing import mix_inputs, mix_inputs_dense, topk_mixture_weights
+from tarpo.mixing import (NOISE_SEED_LIMIT, SOFT_NOISE_KINDS, embedding_rms, gumbel_perturbed_weights, mix_inputs,
+                          mix_inputs_dense, topk_mixture_weights)
 from tarpo.sampling import gather_logprob, gumbel_argmax, sampling_logprobs
 
 ROUTER_MODES = ("tarpo", "hard", "soft-fixed")
@@ -53,10 +58,21 @@ class RolloutSettings:
     max_consecutive_latent_steps: int | None = None
     greedy_tokens: bool = False
     greedy_router: bool = False
+    soft_noise: str = "none"
+    soft_noise_scale: float = 1.0
 
     def __post_init__(self):
         if self.router_mode not in ROUTER_MODES:
             raise ValueError(f"router mode must be one of {ROUTER_MODES}, got {self.router_mode!r}")
+        if self.soft_noise not in SOFT_NOISE_KINDS:
+            raise ValueError(f"soft noise must be one of {SOFT_NOISE_KINDS}, got {self.soft_noise!r}")
+        if not self.soft_noise_scale > 0:
+            raise ValueError(f"soft noise scale must be > 0, got {self.soft_noise_scale!r}")
+
+    @property
+    def noise(self) -> str:
+        """The noise this rollout draws: none when no step can be soft (router mode hard)."""
+        return "none" if self.router_mode == "hard" else self.soft_noise
 
     @classmethod
     def from_config(cls, rollout_cfg, router_cfg, tokenizer, vocab_size: int, **overrides) -> "RolloutSettings":
@@ -69,7 +85,8 @@ class RolloutSettings:
             soft_top_k=rollout_cfg.soft_top_k, router_mode=router_cfg.mode,
             router_temperature=router_cfg.temperature, soft_probability=router_cfg.soft_probability,
             max_latent_steps=rollout_cfg.max_latent_steps,
-            max_consecutive_latent_steps=rollout_cfg.max_consecutive_latent_steps)
+            max_consecutive_latent_steps=rollout_cfg.max_consecutive_latent_steps,
+            soft_noise=router_cfg.soft_noise, soft_noise_scale=router_cfg.soft_noise_scale)
         values.update(overrides)
         return cls(**values)
 
@@ -104,6 +121,8 @@ class Rollout:
     topk_weights: torch.Tensor     # (B, T, k) fp32, renormalised weights at soft steps (0 elsewhere)
     stop_reason: tuple[str, ...]   # per row: "eos" or "max_tokens"
     soft_counts: torch.Tensor      # (B,) long, soft steps per row
+    noise_seeds: torch.Tensor | None = None  # (B, T) long, gaussian soft_noise: seed of n_t at soft steps (0 elsewhere)
+    noise_std: torch.Tensor | None = None    # (B,) fp32, gaussian soft_noise: std of n_t; both None without it
 
     @property
     def num_rows(self) -> int:
@@ -121,6 +140,8 @@ class Rollout:
             value = getattr(self, f.name)
             if torch.is_tensor(value):
                 picked[f.name] = value[index]
+            elif value is None:
+                picked[f.name] = None
             else:
                 idx = range(len(value))[rows] if isinstance(rows, slice) else rows
                 picked[f.name] = tuple(value[i] for i in idx)
@@ -206,7 +227,8 @@ class StepResult:
     decided: torch.Tensor        # (B,) bool
     router_logp: torch.Tensor    # (B,)
     topk_ids: torch.Tensor       # (B, k)
-    topk_weights: torch.Tensor   # (B, k)
+    topk_weights: torch.Tensor   # (B, k), gumbel-perturbed with soft_noise gumbel
+    noise_seeds: torch.Tensor    # (B,) long, seed of the gaussian noise at soft steps; 0 elsewhere / without it
     next_embeds: torch.Tensor    # (B, d)
 
 
@@ -217,9 +239,29 @@ def draw_uniforms(settings: RolloutSettings, batch: int, vocab: int, generator, 
     return token_u, router_u
 
 
+def draw_noise(settings: RolloutSettings, batch: int, vocab: int, generator, device):
+    """The soft-input noise one step consumes, drawn after `draw_uniforms` (nothing at all for `none`):
+    gumbel: uniforms (B, k) for the top-k weights; gaussian: one seed per row (B,) long."""
+    if settings.noise == "gumbel":
+        return torch.rand(batch, min(settings.soft_top_k, vocab), generator=generator, device=device)
+    if settings.noise == "gaussian":
+        return torch.randint(0, NOISE_SEED_LIMIT, (batch,), generator=generator, device=device)
+    return None
+
+
+def soft_noise_std(settings: RolloutSettings, embedding_weight: torch.Tensor, batch: int) -> torch.Tensor | None:
+    """(B,) std of the gaussian noise, scale x the table's RMS (computed once per rollout); None without it."""
+    if settings.noise != "gaussian":
+        return None
+    return (settings.soft_noise_scale * embedding_rms(embedding_weight)).expand(batch).contiguous()
+
+
 def choose_step(settings: RolloutSettings, embedding_weight: torch.Tensor, logits: torch.Tensor,
-                router_logits: torch.Tensor | None, state: DecodeState, token_u, router_u) -> StepResult:
+                router_logits: torch.Tensor | None, state: DecodeState, token_u, router_u, noise_u=None,
+                noise_std: torch.Tensor | None = None) -> StepResult:
     """Sample y_t and a_t from one step's logits and build the next input. Updates `state` in place.
+
+    noise_u: what `draw_noise` drew for this step; noise_std: `soft_noise_std` of the rollout (gaussian only).
 
     No data-dependent host synchronisation: the same function runs inside the CUDA fast path.
     """
@@ -240,28 +282,40 @@ def choose_step(settings: RolloutSettings, embedding_weight: torch.Tensor, logit
     open_ = _open_decisions(settings, alive & ~ends_now, marker_seen, state.soft_used, state.soft_run, state.step)
     soft, router_logp = _sample_decisions(settings, router_logits, router_u, open_)
     k = min(settings.soft_top_k, log_q.shape[-1])
+    noise_seeds = torch.zeros_like(tokens)
     if settings.router_mode == "hard":  # no soft step can happen: skip the vocabulary-wide top-k
         topk_ids = torch.zeros(tokens.shape[0], k, dtype=torch.long, device=tokens.device)
         topk_weights = torch.zeros(tokens.shape[0], k, dtype=torch.float32, device=tokens.device)
         next_embeds = embedding_weight[tokens]
     else:
         topk_ids, topk_weights = topk_mixture_weights(log_q, k)
+        if settings.noise == "gumbel":
+            topk_weights = gumbel_perturbed_weights(topk_weights, noise_u, settings.soft_noise_scale)
         topk_ids = torch.where(soft.unsqueeze(-1), topk_ids, torch.zeros_like(topk_ids))
         topk_weights = torch.where(soft.unsqueeze(-1), topk_weights, torch.zeros_like(topk_weights))
-        next_embeds = mix_inputs_dense(embedding_weight, tokens, topk_ids, topk_weights, soft)
+        gaussian = (None, None)
+        if settings.noise == "gaussian":
+            noise_seeds = torch.where(soft, noise_u, noise_seeds)
+            gaussian = (noise_seeds, noise_std)
+        next_embeds = mix_inputs_dense(embedding_weight, tokens, topk_ids, topk_weights, soft, *gaussian)
 
     state.finished = state.finished | ends_now
     state.soft_used = state.soft_used + soft.long()
     state.soft_run = torch.where(soft, state.soft_run + 1, torch.zeros_like(state.soft_run))
     state.step = state.step + 1  # a new tensor: the fast path's own step counter is not touched
-    return StepResult(tokens, token_logp, alive, soft, open_, router_logp, topk_ids, topk_weights, next_embeds)
+    return StepResult(tokens, token_logp, alive, soft, open_, router_logp, topk_ids, topk_weights, noise_seeds,
+                      next_embeds)
 
 
-RECORD_NAMES = ("token_ids", "token_logp", "alive", "soft", "decided", "router_logp", "topk_ids", "topk_weights")
+RECORD_NAMES = ("token_ids", "token_logp", "alive", "soft", "decided", "router_logp", "topk_ids", "topk_weights",
+                "noise_seeds")
 
 
-def rollout_from_records(prompt_ids, prompt_mask, records: dict[str, torch.Tensor], finished: torch.Tensor) -> Rollout:
-    """Build the Rollout from per-step records stacked to (B, T, ...), keyed by StepResult field names."""
+def rollout_from_records(prompt_ids, prompt_mask, records: dict[str, torch.Tensor], finished: torch.Tensor,
+                         noise_std: torch.Tensor | None = None) -> Rollout:
+    """Build the Rollout from per-step records stacked to (B, T, ...), keyed by StepResult field names.
+
+    noise_std: the rollout's gaussian noise std (B,); None = no gaussian noise (its seeds are then dropped)."""
     soft = records["soft"]
     return Rollout(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=records["token_ids"],
@@ -269,13 +323,15 @@ def rollout_from_records(prompt_ids, prompt_mask, records: dict[str, torch.Tenso
         decision_mask=records["decided"], router_logp=records["router_logp"], topk_ids=records["topk_ids"],
         topk_weights=records["topk_weights"],
         stop_reason=tuple("eos" if f else "max_tokens" for f in finished.tolist()),
-        soft_counts=soft.long().sum(1))
+        soft_counts=soft.long().sum(1),
+        noise_seeds=records["noise_seeds"] if noise_std is not None else None, noise_std=noise_std)
 
 
-def stack_steps(prompt_ids, prompt_mask, steps: list[StepResult], finished: torch.Tensor) -> Rollout:
+def stack_steps(prompt_ids, prompt_mask, steps: list[StepResult], finished: torch.Tensor,
+                noise_std: torch.Tensor | None = None) -> Rollout:
     """Assemble per-step results of the eager loop into a Rollout record."""
     stacked = {name: torch.stack([getattr(s, name) for s in steps], dim=1) for name in RECORD_NAMES}
-    return rollout_from_records(prompt_ids, prompt_mask, stacked, finished)
+    return rollout_from_records(prompt_ids, prompt_mask, stacked, finished, noise_std)
 
 
 @torch.no_grad()
@@ -294,12 +350,15 @@ def rollout(policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, sett
     last_hidden = hidden[:, -1]
     next_position = positions[:, -1] + 1
     state = DecodeState.start(batch, device)
+    noise_std = soft_noise_std(settings, embedding_weight, batch)
     steps: list[StepResult] = []
     for _ in range(settings.max_new_tokens):
         logits = policy.token_logits(last_hidden)
         router_logits = policy.router_logits(last_hidden) if settings.router_mode == "tarpo" else None
         token_u, router_u = draw_uniforms(settings, batch, logits.shape[-1], generator, device)
-        step = choose_step(settings, embedding_weight, logits, router_logits, state, token_u, router_u)
+        noise_u = draw_noise(settings, batch, logits.shape[-1], generator, device)
+        step = choose_step(settings, embedding_weight, logits, router_logits, state, token_u, router_u, noise_u,
+                           noise_std)
         steps.append(step)
         if bool(state.finished.all()) or len(steps) == settings.max_new_tokens:  # the last input is never fed
             break
@@ -308,7 +367,7 @@ def rollout(policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, sett
                                              next_position.unsqueeze(1), cache, use_cache=True)
         last_hidden = hidden[:, -1]
         next_position = next_position + 1
-    return stack_steps(prompt_ids, prompt_mask, steps, state.finished)
+    return stack_steps(prompt_ids, prompt_mask, steps, state.finished, noise_std)
 
 
 @dataclass(frozen=True)
@@ -321,10 +380,15 @@ class ReplayOutput:
 
 
 def replay_inputs(policy, rollout_: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The exact inputs the rollout fed: prompt embeddings then e_0 .. e_{T-2}; mask; position ids."""
+    """The exact inputs the rollout fed: prompt embeddings then e_0 .. e_{T-2}; mask; position ids.
+
+    Soft-input noise comes from the record (gumbel: in topk_weights; gaussian: seeds and std), never from settings.
+    """
     weight = policy.embedding_weight
+    gaussian = (None, None) if rollout_.noise_seeds is None else (
+        rollout_.noise_seeds[:, :-1], rollout_.noise_std[:, None])
     completion_inputs = mix_inputs(weight, rollout_.completion_ids[:, :-1], rollout_.topk_ids[:, :-1],
-                                   rollout_.topk_weights[:, :-1], rollout_.soft_mask[:, :-1])
+                                   rollout_.topk_weights[:, :-1], rollout_.soft_mask[:, :-1], *gaussian)
     embeds = torch.cat([weight[rollout_.prompt_ids], completion_inputs], dim=1)
     completion_len = rollout_.completion_ids.shape[1]
     attention_mask = torch.cat([rollout_.prompt_mask, rollout_.prompt_mask.new_ones(

@@ -72,8 +72,12 @@ def entropy_from_logprobs(log_q: torch.Tensor) -> torch.Tensor:
     return -(probs * log_q.masked_fill(probs == 0, 0.0)).sum(-1)
 
 
+def standard_gumbel(uniforms: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) draws -log(-log u) from uniforms in [0, 1), clamped so that every draw is finite."""
+    tiny = torch.finfo(torch.float32).tiny
+    return -torch.log(-torch.log(uniforms.clamp(min=tiny, max=1.0 - 1e-7)))
+
+
 def gumbel_argmax(log_q: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Sample from softmax(log_q) with Gumbel-max, given uniforms in [0, 1) of the same shape."""
-    tiny = torch.finfo(torch.float32).tiny
-    gumbel = -torch.log(-torch.log(uniforms.clamp(min=tiny, max=1.0 - 1e-7)))
-    return torch.argmax(log_q + gumbel, dim=-1)
+    return torch.argmax(log_q + standard_gumbel(uniforms), dim=-1)

@@ -195,3 +195,71 @@ def test_answer_found_and_marker_rates(texts, found, marker):
 def test_rates_need_every_sample_flagged():
     m = summarize([_result("a", "s", [1.0, 0.0], ["1", "2"])], pass_k=[1])
     assert "answer_found_rate" not in m and "marker_rate" not in m
+
+
+# ---------------------------------------------------------------- eval.router: learned | hard
+def _eval_config(**overrides):
+    from tarpo.config import TarpoConfig
+
+    sections = {"eval": {"num_samples": 2, "pass_k": [1, 2], "batch_size": 4, "max_new_tokens": 12, "every": 1,
+                         "every_problems": 3, **overrides.pop("eval", {})}}
+    return TarpoConfig(**sections, **overrides)
+
+
+def _soft_leaning_policy():
+    from tiny_models import random_policy
+
+    return random_policy(init_bias=(-2.0, 0.0), vocab=480)  # p_soft ~ 0.88: the learned router goes soft often
+
+
+EVAL_RECORDS = [Record(id=str(i), prompt=f"what is {i} + 1", answer=str(i + 1), source="s") for i in range(3)]
+
+
+def _rows(results):
+    return [(r.completions, r.rewards, r.lengths, r.soft_steps, r.greedy_completion) for r in results]
+
+
+def test_eval_router_hard_runs_every_step_hard_and_equals_a_hard_router():
+    from pipeline.evaluate import evaluate_policy
+    from tarpo.models import load_tiny_tokenizer
+
+    tokenizer, policy = load_tiny_tokenizer(), _soft_leaning_policy()
+    learned_results, learned = evaluate_policy(policy, tokenizer, EVAL_RECORDS, _eval_config())
+    assert learned["soft_ratio"] > 0.3, "the control: the learned router goes soft"
+    hard_cfg = _eval_config(eval={"router": "hard"}, router={"soft_noise": "gaussian"})
+    hard_results, hard = evaluate_policy(policy, tokenizer, EVAL_RECORDS, hard_cfg)
+    assert hard["soft_ratio"] == 0.0 and all(n == 0 for r in hard_results for n in r.soft_steps)
+    assert hard["mean_explicit_length"] == hard["mean_length"]
+    forced_results, forced = evaluate_policy(policy, tokenizer, EVAL_RECORDS, _eval_config(router={"mode": "hard"}))
+    assert _rows(hard_results) == _rows(forced_results) and hard == forced
+    assert _rows(hard_results) != _rows(learned_results)
+
+
+def test_eval_router_hard_applies_to_the_heldout_curve(tmp_path):
+    from pipeline.train import heldout_evaluator
+    from tarpo.io import write_jsonl_atomic
+    from tarpo.models import load_tiny_tokenizer
+
+    path = tmp_path / "eval.jsonl"
+    write_jsonl_atomic(path, ({"id": r.id, "prompt": r.prompt, "answer": r.answer, "source": r.source}
+                              for r in EVAL_RECORDS))
+    tokenizer, policy = load_tiny_tokenizer(), _soft_leaning_policy()
+    curve = {router: heldout_evaluator(_eval_config(eval={"router": router}), tokenizer, path, log=lambda m: None)
+             for router in ("learned", "hard")}
+    assert curve["learned"](policy)["soft_ratio"] > 0.3 and curve["hard"](policy)["soft_ratio"] == 0.0
+
+
+def test_eval_set_records_the_router_setting_only_when_hard():
+    import hashlib
+    import json
+
+    from pipeline.evaluate import eval_set_record
+
+    learned, hard = (eval_set_record(EVAL_RECORDS, _eval_config(eval={"router": r})) for r in ("learned", "hard"))
+    assert "router" not in learned["settings"] and hard["settings"]["router"] == "hard"
+    assert learned["hash"] != hard["hash"], "a hard-only evaluation is not comparable with a learned one"
+    # the default's hash is the one evaluations made before eval.router existed (champions compare by it)
+    settings = {"num_samples": 2, "temperature": 0.5, "greedy": True, "router_greedy": False, "max_new_tokens": 12,
+                "seed": 1234}
+    problems = [[r.prompt, r.answer] for r in EVAL_RECORDS]
+    assert learned["hash"] == hashlib.sha256(json.dumps([problems, settings], sort_keys=True).encode()).hexdigest()[:16]

@@ -47,6 +47,9 @@ def assert_same(eager, fast):
     assert (eager.router_logp - fast.router_logp).abs().max().item() <= 1e-5
     assert (eager.topk_weights - fast.topk_weights).abs().max().item() <= 1e-5
     assert torch.equal(eager.prompt_ids, fast.prompt_ids) and torch.equal(eager.prompt_mask, fast.prompt_mask)
+    assert (eager.noise_seeds is None) == (fast.noise_seeds is None)
+    if eager.noise_seeds is not None:
+        assert torch.equal(eager.noise_seeds, fast.noise_seeds) and torch.equal(eager.noise_std, fast.noise_std)
 
 
 @pytest.mark.parametrize("architecture", ["qwen2", "llama"])
@@ -56,7 +59,10 @@ def assert_same(eager, fast):
     dict(max_latent_steps=6, max_consecutive_latent_steps=2),
     dict(router_mode="hard"),
     dict(router_mode="soft-fixed", soft_probability=0.4),
-])
+    dict(soft_noise="gumbel"),
+    dict(soft_noise="gaussian", soft_noise_scale=0.5),
+    dict(router_mode="soft-fixed", soft_probability=0.4, soft_noise="gaussian"),
+], ids=["plain", "filters", "latent-limits", "hard", "soft-fixed", "gumbel", "gaussian", "soft-fixed-gaussian"])
 def test_fast_equals_eager(architecture, options):
     policy = likely_eos_and_marker(random_policy(architecture, init_bias=(-0.5, 0.0)))
     eager, fast, (g_eager, g_fast) = both(policy, settings(**options), seed=3, sync_every=7)
@@ -180,3 +186,22 @@ def test_compiled_step_equals_eager_on_cpu():
     s = settings(max_new_tokens=24, max_latent_steps=6)
     eager, fast, _ = both(policy, s, seed=2, compile=True, prompt_multiple=1)
     assert_same(eager, fast)
+
+
+@pytest.mark.parametrize("noise", [dict(soft_noise="gumbel"), dict(soft_noise="gaussian", soft_noise_scale=0.5)],
+                         ids=["gumbel", "gaussian"])
+def test_compiled_step_with_soft_noise_equals_eager(noise):
+    """The noise inside the compiled step (aot_eager: full graph, no inductor compile time): no graph break, and the
+    same record as the eager loop, the recorded noise included."""
+    policy = random_policy(init_bias=(-0.5, 0.0))
+    ids, mask = mixed_prompts(5, width=6)
+    s = settings(max_new_tokens=10, **noise)
+    eager = rollout(policy, ids, mask, settings=s, generator=torch.Generator().manual_seed(3))
+    fast = fast_rollout(policy, ids, mask, settings=s, generator=torch.Generator().manual_seed(3),
+                        compile="aot_eager", prompt_multiple=1)
+    assert eager.soft_mask.any()
+    assert_same(eager, fast)
+    from tarpo.fast_rollout import _ENGINE_CACHE
+
+    engine = next(reversed(_ENGINE_CACHE[policy].values()))
+    assert engine.step is not None and engine.step.fell_back is None, "the noise broke the graph"

@@ -16,7 +16,8 @@ from tarpo.model_info import describe_local, estimate_parameters, weights_sha256
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = ROOT / "params.yaml"
 NEW_KEYS = {"data.task": "null", "warmup.allow_real_model": "false", "reward.kind": "auto",
-            "reward.answer_rule": "marker", "reward.require_single_marker": "false"}
+            "reward.answer_rule": "marker", "reward.require_single_marker": "false",
+            "router.soft_noise": "none", "router.soft_noise_scale": "1.0", "eval.router": "learned"}
 
 
 def problems(overrides, path=PARAMS) -> list[str]:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tarpo.marker import MarkerMatcher
+from tarpo.mixing import embedding_rms, gaussian_noise
 from tarpo.rollout import RolloutSettings, replay, rollout
 from tiny_models import VOCAB, mixed_prompts, random_policy, token_texts
 
@@ -24,12 +25,18 @@ def run(policy, s, seed=0, batch=6):
     return rollout(policy, ids, mask, settings=s, generator=torch.Generator().manual_seed(seed))
 
 
+NOISES = [dict(), dict(soft_noise="gumbel", soft_noise_scale=1.0), dict(soft_noise="gaussian", soft_noise_scale=0.5)]
+NOISE_IDS = ["none", "gumbel", "gaussian"]
+
+
+@pytest.mark.parametrize("noise", NOISES, ids=NOISE_IDS)
 @pytest.mark.parametrize("architecture", ["qwen2", "llama"])
 @pytest.mark.parametrize("filters", [dict(), dict(top_k=20, top_p=0.9, temperature=0.7)])
-def test_replay_reproduces_rollout_logprobs(architecture, filters):
+def test_replay_reproduces_rollout_logprobs(architecture, filters, noise):
     policy = random_policy(architecture, init_bias=(0.0, 0.0))
-    s = settings(**filters)
+    s = settings(**filters, **noise)
     r = run(policy, s, seed=3)
+    assert (r.noise_seeds is not None) == (s.soft_noise == "gaussian") == (r.noise_std is not None)
     lengths = r.completion_mask.sum(1)
     assert len(set(lengths.tolist())) > 1, "need mixed stop steps"
     assert "eos" in r.stop_reason
@@ -62,12 +69,22 @@ def capture_decoder_inputs(policy):
     return calls, handle
 
 
-def test_model_receives_exact_hard_and_soft_embeddings():
+@pytest.mark.parametrize("noise", NOISES, ids=NOISE_IDS)
+def test_model_receives_exact_hard_and_soft_embeddings(noise):
+    """Hard steps feed E[y_t] exactly whatever the noise; soft steps the recorded mixture (+ the recorded
+    gaussian noise), which for gaussian has the recorded std = scale x the table's RMS."""
     policy = random_policy(init_bias=(0.0, 0.0))
     calls, handle = capture_decoder_inputs(policy)
-    r = run(policy, settings())
+    s = settings(**noise)
+    r = run(policy, s)
     handle.remove()
     table = policy.embedding_weight.detach().double()
+    gaussian = s.soft_noise == "gaussian"
+    if gaussian:
+        rms = table.pow(2).mean().sqrt().item()
+        assert torch.allclose(r.noise_std.double(), torch.full((r.num_rows,), 0.5 * rms, dtype=torch.float64))
+        assert (r.noise_seeds[~r.soft_mask] == 0).all() and (r.noise_seeds[r.soft_mask] != 0).all()
+    residuals = []
     checked_soft = checked_hard = 0
     for t in range(r.completion_ids.shape[1] - 1):
         received = calls[t + 1][:, 0].double()  # call 0 is the prompt prefill; call t+1 feeds e_t
@@ -78,6 +95,9 @@ def test_model_receives_exact_hard_and_soft_embeddings():
                 w = r.topk_weights[b, t].double()
                 assert abs(w.sum().item() - 1.0) < 1e-6
                 expected = (w[:, None] * table[r.topk_ids[b, t]]).sum(0)
+                if gaussian:
+                    residuals.append(received[b] - expected)
+                    expected = expected + r.noise_std[b].double() * gaussian_noise(r.noise_seeds[b, t], 32).double()
                 checked_soft += 1
             else:
                 expected = table[r.completion_ids[b, t]]
@@ -85,11 +105,17 @@ def test_model_receives_exact_hard_and_soft_embeddings():
                 checked_hard += 1
             assert torch.allclose(received[b], expected, atol=1e-6)
     assert checked_soft > 20 and checked_hard > 20
+    if gaussian:  # what was added to the mixture: zero-mean noise of the recorded std (an independent check)
+        noise_std = torch.stack(residuals).std().item()
+        assert abs(noise_std - r.noise_std[0].item()) < 0.1 * r.noise_std[0].item()
 
 
-def test_soft_weights_are_the_renormalised_topk_of_q():
+@pytest.mark.parametrize("noise,close", [(dict(), 1e-5), (dict(soft_noise="gumbel", soft_noise_scale=1e-7), 1e-5),
+                                         (dict(soft_noise="gaussian", soft_noise_scale=3.0), 1e-5)],
+                         ids=["none", "gumbel-scale-to-0", "gaussian-leaves-weights"])
+def test_soft_weights_are_the_renormalised_topk_of_q(noise, close):
     policy = random_policy(init_bias=(0.0, 0.0))
-    s = settings(temperature=0.8)
+    s = settings(temperature=0.8, **noise)
     r = run(policy, s)
     out_logits = []
     handle = policy.causal_lm.get_output_embeddings().register_forward_hook(lambda m, a, o: out_logits.append(o))
@@ -97,10 +123,45 @@ def test_soft_weights_are_the_renormalised_topk_of_q():
     handle.remove()
     logits = out_logits[0].detach().double()  # (B, T, V)
     q = torch.softmax(logits / 0.8, -1)
-    b, t = r.soft_mask.nonzero()[0].tolist()
-    top = torch.topk(q[b, t], 5)
-    assert r.topk_ids[b, t].tolist() == top.indices.tolist()
-    assert torch.allclose(r.topk_weights[b, t].double(), top.values / top.values.sum(), atol=1e-5)
+    for b, t in r.soft_mask.nonzero()[:10].tolist():
+        top = torch.topk(q[b, t], 5)
+        assert r.topk_ids[b, t].tolist() == top.indices.tolist()
+        assert torch.allclose(r.topk_weights[b, t].double(), top.values / top.values.sum(), atol=close)
+
+
+def test_gumbel_noise_perturbs_the_recorded_weights_of_soft_steps_only():
+    policy = random_policy(init_bias=(0.0, 0.0))
+    s = settings(temperature=0.8, soft_noise="gumbel")
+    r = run(policy, s)
+    out_logits = []
+    handle = policy.causal_lm.get_output_embeddings().register_forward_hook(lambda m, a, o: out_logits.append(o))
+    replay(policy, r, settings=s)
+    handle.remove()
+    q = torch.softmax(out_logits[0].detach().double() / 0.8, -1)
+    top = torch.topk(q, 5)
+    plain = top.values / top.values.sum(-1, keepdim=True)
+    soft = r.soft_mask
+    assert torch.equal(r.topk_ids[soft], top.indices[soft]), "noise changes the weights, not the ids"
+    assert torch.allclose(r.topk_weights[soft].sum(-1).double(), torch.ones(int(soft.sum()), dtype=torch.float64))
+    assert (r.topk_weights[soft].double() - plain[soft]).abs().max(-1).values.min() > 1e-4, "every soft step moved"
+    assert (r.topk_weights[~soft] == 0).all() and (r.topk_ids[~soft] == 0).all()
+
+
+@pytest.mark.parametrize("noise", NOISES[1:], ids=NOISE_IDS[1:])
+def test_noise_draws_nothing_when_no_step_can_be_soft(noise):
+    """router mode hard with noise configured = plain hard decoding, the random stream consumed as without it."""
+    policy = random_policy()
+    plain = run(policy, settings(router_mode="hard"), seed=4)
+    noisy = run(policy, settings(router_mode="hard", **noise), seed=4)
+    assert torch.equal(plain.completion_ids, noisy.completion_ids) and torch.equal(plain.token_logp, noisy.token_logp)
+    assert noisy.noise_seeds is None and not noisy.soft_mask.any()
+
+
+def test_noise_settings_are_checked():
+    with pytest.raises(ValueError, match="soft noise must be one of"):
+        settings(soft_noise="uniform")
+    with pytest.raises(ValueError, match="soft noise scale must be > 0"):
+        settings(soft_noise="gaussian", soft_noise_scale=0.0)
 
 
 @pytest.mark.parametrize("filters", [dict(), dict(top_k=8), dict(top_p=0.7), dict(top_k=8, top_p=0.7)],
@@ -222,10 +283,13 @@ def test_initial_soft_ratio_matches_bias():
     assert abs(ratio - expected) < 4 * math.sqrt(expected * (1 - expected) / n)
 
 
-def test_same_seed_same_rollout_and_different_seed_differs():
+@pytest.mark.parametrize("noise", NOISES, ids=NOISE_IDS)
+def test_same_seed_same_rollout_and_different_seed_differs(noise):
     policy = random_policy()
-    a, b, c = run(policy, settings(), seed=5), run(policy, settings(), seed=5), run(policy, settings(), seed=6)
-    for name in ("completion_ids", "soft_mask", "token_logp", "router_logp", "topk_weights"):
+    s = settings(**noise)
+    a, b, c = run(policy, s, seed=5), run(policy, s, seed=5), run(policy, s, seed=6)
+    names = ("completion_ids", "soft_mask", "token_logp", "router_logp", "topk_weights")
+    for name in names + (("noise_seeds", "noise_std") if s.soft_noise == "gaussian" else ()):
         assert torch.equal(getattr(a, name), getattr(b, name))
     assert not torch.equal(a.completion_ids, c.completion_ids)
 

@@ -238,3 +238,31 @@ def test_bnpo_divides_each_micro_batch_by_its_own_tokens(tmp_path):
     assert norms["bnpo", 8] == pytest.approx(norms["token-mean", 8], rel=1e-6)
     ratio = norms["bnpo", 2] / norms["token-mean", 2]
     assert 0.5 < ratio < 2 and abs(ratio - 1) > 1e-4, ratio
+
+
+@pytest.mark.parametrize("noise", [dict(), dict(soft_noise="gumbel"), dict(soft_noise="gaussian", soft_noise_scale=0.5)],
+                         ids=["none", "gumbel", "gaussian"])
+def test_trainer_replay_reproduces_the_rollout_with_soft_noise(tmp_path, monkeypatch, noise):
+    """Through the trainer's micro-batches (Rollout.select of the noise record): the training forward's token and
+    router log-probs equal the rollout's (<= 1e-4), with soft steps present, for every soft_noise kind."""
+    import tarpo.trainer as trainer_module
+
+    diffs, real_replay = [], trainer_module.replay
+
+    def checked_replay(policy, part, **kw):
+        out = real_replay(policy, part, **kw)
+        if kw.get("module") is not None:  # the update's replay (not the reference pass)
+            part = part.to(out.token_logp.device)
+            router_diff = (out.router_logp - part.router_logp)[part.decision_mask].abs()
+            diffs.append((float((out.token_logp - part.token_logp)[part.completion_mask].abs().max()),
+                          float(router_diff.max()) if router_diff.numel() else 0.0,
+                          int(part.soft_mask.sum()), part.noise_seeds is not None))
+        return out
+
+    monkeypatch.setattr(trainer_module, "replay", checked_replay)
+    trainer = in_process_trainer(tmp_path, first_token_even, micro_batch=2, perturb=0.05, **noise)  # p_soft ~ 0.5
+    trainer.train_step()
+    assert len(diffs) == 4
+    assert max(d[0] for d in diffs) <= 1e-4 and max(d[1] for d in diffs) <= 1e-4
+    assert sum(d[2] for d in diffs) > 0, "need soft steps"
+    assert all(d[3] == (noise.get("soft_noise") == "gaussian") for d in diffs)

@@ -86,6 +86,7 @@ def test_mlflow_runs_are_named_and_tagged_with_a_heldout_curve(study):
         tags = run.data.tags
         assert (tags["study"], tags["mode"], f"{tags['mode']}-s{tags['seed']}") == ("t", tags["mode"], run.info.run_name)
         assert "eval/tarpo_avg_at_k" in run.data.metrics and "eval/improvement_stderr" in run.data.metrics
+        assert run.data.metrics["eval/eval_router_hard"] == 0.0  # eval.router: learned
         assert history[run.info.run_name] == [0, 2]
         assert run.data.params["runtime.threads"] == "1"  # the thread count is recorded with the run
     assert compared.exit_code == 0, compared.output
