@@ -196,8 +196,8 @@ def stage_run(stage: str, root: Path = Path(".")) -> Iterator[None]:
             yield
     except KeyboardInterrupt as exc:
         name = "SIGTERM" if "signal 15" in str(exc) else "SIGINT"
-        typer.echo(f"interrupted ({name}): `{stage}` stopped; its outputs are as before it started"
-                   f"{RESUMES.get(stage, '')}", err=True)
+        typer.echo(f"interrupted ({name}): `{stage}` stopped; its outputs are all as before or all from this run, "
+                   f"never mixed{RESUMES.get(stage, '')}", err=True)
         raise typer.Exit(INTERRUPTED_EXIT[name]) from None
 
 

@@ -48,6 +48,9 @@ class OutputSet:
         self.staged = {t: t.with_name(f".{t.name}.new-{self.token}") for t in self.targets}
         self.committed = False   # once the journal exists, the staged files belong to it (recover needs them)
         recover(self.root, log=lambda _: None)   # a publication of an earlier, killed run comes first
+        for target in self.targets:  # what a run killed before its commit point staged (no journal names it)
+            for orphan in [*target.parent.glob(f".{target.name}.new-*"), *target.parent.glob(f".{target.name}.old-*")]:
+                _remove(orphan)
 
     def file(self, target: str | Path) -> Path:
         """Where to write the output file `target` (its directory exists)."""
@@ -86,7 +89,7 @@ class OutputSet:
         missing = [str(t) for t, s in self.staged.items() if not os.path.lexists(s)]
         if missing:
             raise RuntimeError(f"{self.stage}: outputs never written: {', '.join(missing)}")  # a bug, not the user's
-        _fault(self.stage, "staged")
+        fault_point(self.stage, "staged")
         entries = [{"target": _rel(t, self.root), "staged": _rel(s, self.root),
                     "backup": _rel(t.with_name(f".{t.name}.old-{self.token}"), self.root)}
                    for t, s in self.staged.items()]
@@ -94,7 +97,7 @@ class OutputSet:
         with signals_held():
             write_json_atomic(journal, {"stage": self.stage, "entries": entries})
             self.committed = True
-            _fault(self.stage, "journal")
+            fault_point(self.stage, "journal")
             _roll_forward(journal, self.root, fault=self.stage)
 
 
@@ -138,7 +141,7 @@ def _roll_forward(journal: Path, root: Path, fault: str | None = None) -> None:
         elif not os.path.lexists(target) and os.path.lexists(backup):  # staged file lost by hand: keep the old one
             os.replace(backup, target)
         if fault and number == 1:
-            _fault(fault, "renamed-1")
+            fault_point(fault, "renamed-1")
     for entry in entries:
         _remove(root / entry["backup"])
     journal.unlink()
@@ -169,7 +172,7 @@ def signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _fault(stage: str, point: str) -> None:
+def fault_point(stage: str, point: str) -> None:
     """Test hook (TARPO_FAULT_POINT): pause here until a signal arrives, or SIGKILL this process here."""
     wanted = os.environ.get(FAULT_ENV, "")
     if not wanted.startswith(f"{stage}:{point}:"):

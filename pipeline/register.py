@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline import paths
 from pipeline.evaluate import EVAL_SET_TAG  # run tag written by evaluate; copied onto each version
-from pipeline.publish import signals_held
+from pipeline.publish import fault_point, signals_held
 from tarpo.io import write_json_atomic
 
 TRAINED_SECTION = "tarpo"  # eval.json keys are "<model>/<metric>"; the registered model is the TARPO one
@@ -179,6 +179,7 @@ def run_register(*, cfg, trained_dir: str | Path = paths.TRAINED_DIR, base_model
     tags = {f"eval.{reg.champion_metric}": repr(value), "run_id": run_id, **({EVAL_SET_TAG: eval_set} if eval_set else {})}
     with signals_held():  # Ctrl-C / SIGTERM: a version gets its aliases and metrics/register.json, or never exists
         version = register_model(model_uri, reg.name, tags=tags)
+        fault_point("register", "version")
         for alias in reg.aliases:
             client.set_registered_model_alias(reg.name, alias, version.version)
         decision = champion_decision(client, reg.name, reg.champion_alias, reg.champion_metric, value,
