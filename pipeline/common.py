@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from pipeline import paths
 from tarpo.errors import InputError, read_json, with_filename
@@ -146,6 +147,17 @@ def open_run(tracking_cfg, *, run_id: str | None, tags: dict, stage: str, run_na
 
     return open_tracker(tracking_cfg, run_id=run_id, run_name=tracking_cfg.run_name or run_name, tags=tags,
                         stage=stage)
+
+
+@contextlib.contextmanager
+def closing_run(tracker) -> Iterator[None]:
+    """Close `tracker`'s run when the block ends: FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED; never left RUNNING."""
+    try:
+        yield
+    except BaseException as exc:
+        tracker.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.close("FINISHED")
 
 
 def model_label(model_cfg) -> str:

@@ -1,9 +1,9 @@
 """evaluate stage: the model before TARPO (the start weights train used) and the TARPO model, same problems.
 
 Reads `eval` (+ the prompt format, model and router sections), the prepared eval split, the warm-up output,
-`models/tarpo/` and the run info. Writes atomically: `metrics/eval.json` (flat keys `warmup/...`, `tarpo/...`,
-`improvement`, `improvement_stderr`, `eval_router_hard` = 1 when eval.router=hard ran both models hard-only),
-`eval/{warmup,tarpo}.jsonl` (per problem, soft spans as ⟦…⟧) and
+`models/tarpo/` and the run info. Writes, published together (pipeline.publish): `metrics/eval.json` (flat keys
+`warmup/...`, `tarpo/...`, `improvement`, `improvement_stderr`, `eval_router_hard` = 1 when eval.router=hard ran both
+models hard-only), `eval/{warmup,tarpo}.jsonl` (per problem, soft spans as ⟦…⟧) and
 `plots/eval.csv`; logs the eval metrics and files to the training run. The "before" model follows the same rule
 as train (pipeline.common.choose_base) and must be the one models/tarpo was trained from.
 
@@ -16,8 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.common import (chat_prompts, check_tracking, check_trained_base, choose_base, configured_base,
-                             count_long_prompts, open_run, require_file)
+from pipeline.common import (chat_prompts, check_tracking, check_trained_base, choose_base, closing_run,
+                             configured_base, count_long_prompts, open_run, require_file)
+from pipeline.publish import publishing
 from tarpo.errors import read_json
 from tarpo.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
@@ -163,27 +164,30 @@ def run_evaluate(*, cfg, eval_path: str | Path = paths.EVAL_DATA, warmup_dir: st
     from tarpo.render import eval_html
 
     eval_set = eval_set_record(records, cfg)
-    for name in MODELS:
-        write_jsonl_atomic(Path(out_dir) / f"{name}.jsonl", (r.to_row() for r in results[name]))
-        write_text_atomic(Path(out_dir) / f"{name}.html", eval_html(results[name], f"Evaluation samples: {name} model"))
-    write_json_atomic(Path(out_dir) / paths.EVAL_SET, eval_set)
-    lines = ["model," + ",".join(PLOT_KEYS)]
-    lines += [name + "," + ",".join(f"{metrics.get(f'{name}/{k}', 0.0):.6g}" for k in PLOT_KEYS) for name in MODELS]
-    write_text_atomic(plot_path, "\n".join(lines) + "\n")
     figure_path = figure_path or Path(plot_path).with_suffix(".png")   # beside the CSV
-    save_png(eval_figure(metrics, MODELS, PLOT_KEYS, f"Held-out: {eval_set['num_problems']} problems x "
-                                                     f"{cfg.eval.num_samples} samples"), figure_path)
-    write_json_atomic(metrics_path, metrics)
+    with publishing("evaluate", [out_dir, plot_path, figure_path, metrics_path]) as outputs:  # one unit
+        staged = outputs.dir(out_dir)
+        for name in MODELS:
+            write_jsonl_atomic(staged / f"{name}.jsonl", (r.to_row() for r in results[name]))
+            write_text_atomic(staged / f"{name}.html", eval_html(results[name], f"Evaluation samples: {name} model"))
+        write_json_atomic(staged / paths.EVAL_SET, eval_set)
+        lines = ["model," + ",".join(PLOT_KEYS)]
+        lines += [name + "," + ",".join(f"{metrics.get(f'{name}/{k}', 0.0):.6g}" for k in PLOT_KEYS)
+                  for name in MODELS]
+        write_text_atomic(outputs.file(plot_path), "\n".join(lines) + "\n")
+        save_png(eval_figure(metrics, MODELS, PLOT_KEYS, f"Held-out: {eval_set['num_problems']} problems x "
+                                                         f"{cfg.eval.num_samples} samples"), outputs.file(figure_path))
+        write_json_atomic(outputs.file(metrics_path), metrics)
     if run_id and cfg.tracking.enabled:
         tracker = open_run(cfg.tracking, run_id=run_id, tags={EVAL_SET_TAG: eval_set["hash"]}, stage="evaluate")
-        tracker.log_metrics({"eval/" + k.replace("/", "_", 1): float(v) for k, v in metrics.items()})
-        for name in MODELS:
-            tracker.log_artifact(str(Path(out_dir) / f"{name}.jsonl"), "eval")
-            tracker.log_artifact(str(Path(out_dir) / f"{name}.html"), "eval")
-        tracker.log_artifact(str(Path(out_dir) / paths.EVAL_SET), "eval")
-        tracker.log_artifact(str(metrics_path), "eval")
-        tracker.log_artifact(str(figure_path), "plots")
-        tracker.close()
+        with closing_run(tracker):
+            tracker.log_metrics({"eval/" + k.replace("/", "_", 1): float(v) for k, v in metrics.items()})
+            for name in MODELS:
+                tracker.log_artifact(str(Path(out_dir) / f"{name}.jsonl"), "eval")
+                tracker.log_artifact(str(Path(out_dir) / f"{name}.html"), "eval")
+            tracker.log_artifact(str(Path(out_dir) / paths.EVAL_SET), "eval")
+            tracker.log_artifact(str(metrics_path), "eval")
+            tracker.log_artifact(str(figure_path), "plots")
     return metrics
 
 

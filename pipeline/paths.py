@@ -38,3 +38,7 @@ SINGLE_EVAL_DIR = "outputs/eval"             # `evaluate --model NAME`: <dir>/<n
 REGISTER_INFO = "metrics/register.json"
 
 MODELS_DIR = "models"                        # presets materialised by `models pull` / built tiny
+
+# the workspace itself (never DVC outputs; ignored by git)
+LOCK_FILE = ".tarpo.lock"                    # one writer per workspace: who holds it (pipeline/lock.py)
+PUBLISH_DIR = ".tarpo-publish"               # journals of output sets being published (pipeline/publish.py)

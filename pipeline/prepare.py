@@ -1,6 +1,6 @@
 """prepare stage: read the `data` params section, write train/eval records and prepare metrics.
 
-Outputs (each written atomically):
+Outputs (published together: pipeline.publish; a kill leaves all of them old or all new):
   <out_dir>/train.jsonl, <out_dir>/eval.jsonl   one Record per line {id, prompt, answer, source, solution}
   <out_dir>/skipped.json                        every malformed row as "path:line: message"
   <metrics_path>                                flat counts for DVC (rows read, skipped, dropped, kept)
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from pipeline.publish import publishing
 from tarpo.data import load_splits
 from tarpo.io import write_json_atomic, write_jsonl_atomic
 
@@ -46,9 +47,10 @@ def run_prepare(*, data_cfg, out_dir: str | Path = OUT_DIR,
                 metrics_path: str | Path = METRICS_PATH) -> dict[str, int]:
     """Build disjoint train/eval sets per `data_cfg` (a DataConfig) and write them; returns the metrics."""
     splits = build_splits(data_cfg)
-    out_dir = Path(out_dir)
-    write_jsonl_atomic(out_dir / TRAIN_FILE, (r.to_dict() for r in splits.train))
-    write_jsonl_atomic(out_dir / EVAL_FILE, (r.to_dict() for r in splits.eval))
-    write_json_atomic(out_dir / SKIPPED_FILE, {"problems": splits.problems})
-    write_json_atomic(metrics_path, splits.stats)
+    with publishing("prepare", [out_dir, metrics_path]) as outputs:
+        staged = outputs.dir(out_dir)
+        write_jsonl_atomic(staged / TRAIN_FILE, (r.to_dict() for r in splits.train))
+        write_jsonl_atomic(staged / EVAL_FILE, (r.to_dict() for r in splits.eval))
+        write_json_atomic(staged / SKIPPED_FILE, {"problems": splits.problems})
+        write_json_atomic(outputs.file(metrics_path), splits.stats)
     return splits.stats

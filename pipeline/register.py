@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pipeline import paths
 from pipeline.evaluate import EVAL_SET_TAG  # run tag written by evaluate; copied onto each version
+from pipeline.publish import fault_point, signals_held
 from tarpo.io import write_json_atomic
 
 TRAINED_SECTION = "tarpo"  # eval.json keys are "<model>/<metric>"; the registered model is the TARPO one
@@ -102,6 +103,38 @@ def trained_base(trained_dir: str | Path) -> tuple[str | None, bool]:
     return base["path"], True
 
 
+def verify_trained_dir(trained_dir: str | Path, lora_enabled: bool) -> None:
+    """Load what will be registered (every router, the LoRA adapter) before any registry version exists: a missing
+    adapter or a truncated router registered a broken version under the candidate alias."""
+    from safetensors.torch import load_file
+
+    from tarpo.checkpoint import ROUTER_PREFIXES
+    from tarpo.router import RouterLoadError, load_router
+
+    trained_dir = Path(trained_dir)
+    again = "; re-run train (or dvc repro) before registering"
+    for name in ROUTER_PREFIXES:
+        try:
+            hidden = int(_read_json(trained_dir / f"{name}.json", "train")["hidden_size"])
+            load_router(trained_dir, hidden, name=name)
+        except RouterLoadError as exc:
+            raise RegisterError(f"{exc}{again}") from None
+        except (KeyError, TypeError, ValueError):
+            raise RegisterError(f"{trained_dir / f'{name}.json'}: no hidden_size{again}") from None
+    if not lora_enabled:
+        return
+    adapter = trained_dir / "adapter"
+    for part in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (adapter / part).is_file():
+            raise RegisterError(f"{adapter / part}: missing (model.lora.enabled=true){again}")
+    _read_json(adapter / "adapter_config.json", "train")
+    try:
+        load_file(str(adapter / "adapter_model.safetensors"))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a torn file
+        raise RegisterError(f"{adapter / 'adapter_model.safetensors'}: cannot be read ({str(exc)[:120]}){again}") \
+            from None
+
+
 def served_rollout(cfg):
     """The rollout settings the registered model serves with: the training rollouts' own, except the sampling
     temperature, which is the evaluation's (the temperature its registered scores were measured at)."""
@@ -133,6 +166,7 @@ def run_register(*, cfg, trained_dir: str | Path = paths.TRAINED_DIR, base_model
     if not run_id:
         raise RegisterError(f"{run_info_path} has no run_id; train with tracking.enabled=true before registering")
     value = metric_value(_read_json(eval_metrics_path, "evaluate"), reg.champion_metric, eval_metrics_path)
+    verify_trained_dir(trained_dir, cfg.model.lora.enabled)
     bundle = None
     if base_model_dir is None:
         base_model_dir, bundle = trained_base(trained_dir)
@@ -143,16 +177,18 @@ def run_register(*, cfg, trained_dir: str | Path = paths.TRAINED_DIR, base_model
     client = MlflowClient(tracking_uri=cfg.tracking.uri, registry_uri=cfg.tracking.uri)
     eval_set = client.get_run(run_id).data.tags.get(EVAL_SET_TAG)   # set by the evaluate stage
     tags = {f"eval.{reg.champion_metric}": repr(value), "run_id": run_id, **({EVAL_SET_TAG: eval_set} if eval_set else {})}
-    version = register_model(model_uri, reg.name, tags=tags)
-    for alias in reg.aliases:
-        client.set_registered_model_alias(reg.name, alias, version.version)
-    decision = champion_decision(client, reg.name, reg.champion_alias, reg.champion_metric, value, version.version,
-                                 eval_set)
-    aliases = list(reg.aliases)
-    if decision["promoted"]:
-        client.set_registered_model_alias(reg.name, reg.champion_alias, version.version)
-        aliases.append(reg.champion_alias)
-    result = {"registered": True, "name": reg.name, "version": int(version.version), "run_id": run_id,
-              "model_uri": model_uri, "aliases": aliases, "champion": decision}
-    write_json_atomic(metrics_path, result)
+    with signals_held():  # Ctrl-C / SIGTERM: a version gets its aliases and metrics/register.json, or never exists
+        version = register_model(model_uri, reg.name, tags=tags)
+        fault_point("register", "version")
+        for alias in reg.aliases:
+            client.set_registered_model_alias(reg.name, alias, version.version)
+        decision = champion_decision(client, reg.name, reg.champion_alias, reg.champion_metric, value,
+                                     version.version, eval_set)
+        aliases = list(reg.aliases)
+        if decision["promoted"]:
+            client.set_registered_model_alias(reg.name, reg.champion_alias, version.version)
+            aliases.append(reg.champion_alias)
+        result = {"registered": True, "name": reg.name, "version": int(version.version), "run_id": run_id,
+                  "model_uri": model_uri, "aliases": aliases, "champion": decision}
+        write_json_atomic(metrics_path, result)
     return result

@@ -83,6 +83,15 @@ def machine() -> dict:
             "torch": torch.__version__, "python": platform.python_version()}
 
 
+def capped_jobs(requested: int, runs: int, cpus: int | None) -> int:
+    """Worker processes worth starting: no more than the runs, nor than the CPUs (at least 1).
+
+    >>> capped_jobs(100, 6, 16), capped_jobs(8, 12, 2), capped_jobs(3, 9, None)
+    (6, 2, 3)
+    """
+    return max(1, min(requested, runs, cpus or requested))
+
+
 class Study:
     """Paths and steps of one study; `run()` does everything and returns the report."""
 
@@ -92,6 +101,9 @@ class Study:
         if cfg.train.num_processes != 1 or cfg.train.accelerate_config:
             raise InputError("study: runs train one process each; set train.num_processes=1 and "
                              "train.accelerate_config=null (or run a multi-process grid with dvc exp run)")
+        repeated = sorted({m for m in modes if list(modes).count(m) > 1})
+        if repeated:  # the same run directory trained twice at once, and a stderr over seeds of 0
+            raise InputError(f"--modes: {', '.join(repeated)} listed more than once; list each mode once")
         unknown = [m for m in modes if m not in MODES]
         if unknown or not modes:
             raise InputError(f"--modes: {', '.join(unknown) or '(none)'} not in {', '.join(MODES)}")
@@ -258,6 +270,11 @@ class Study:
         warmup, warmup_summary = self.warmup_eval(records, eval_set)
         grid = [(m, s) for s in self.seeds for m in self.modes]   # seed-major: a partial study is balanced
         args = (shared, records, eval_set, warmup, warmup_summary)
+        jobs = capped_jobs(self.jobs, len(grid), os.cpu_count())
+        if jobs < self.jobs:
+            self.log(f"study {self.name}: --jobs {self.jobs} capped to {jobs} ({len(grid)} runs, "
+                     f"{os.cpu_count()} CPUs: more processes than either only wait)")
+            self.jobs = jobs
         if self.jobs > 1:
             runs = self._run_parallel(grid, args)
         else:

@@ -2,8 +2,9 @@
 
 Reads `data` (prompt format), `model`, `router`, `rollout`, `train`, `tracking` and the warm-up output.
 Writes: `checkpoints/` (persistent; a killed run resumes from it when the params hash matches),
-`models/tarpo/` (adapter + routers + base.json, atomically), `metrics/train.json`, `plots/train.csv`
-(one row per step) and `outputs/run_info.json` (tracking run id for evaluate and register). run_info.json,
+`models/tarpo/` (adapter + routers + base.json), `metrics/train.json`, `plots/train.csv`
+(one row per step) and `outputs/run_info.json` (tracking run id for evaluate and register), all published as one unit
+(pipeline.publish). run_info.json,
 `models/tarpo/base.json` and the MLflow run (params `base.*`) record the start weights really loaded: preset, path
 and weights fingerprint (pipeline.common.choose_base: the warm-up output only when made from the configured model).
 With train.num_processes > 1 or train.accelerate_config set, cli.py re-launches itself through
@@ -13,6 +14,7 @@ With train.num_processes > 1 or train.accelerate_config set, cli.py re-launches 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -22,8 +24,9 @@ import time
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.common import (check_tracking, chat_prompts, choose_base, count_long_prompts, file_sha256, model_label,
-                             open_run, require_file, write_dir_atomic)
+from pipeline.common import (check_tracking, chat_prompts, choose_base, closing_run, count_long_prompts, file_sha256,
+                             model_label, open_run, require_file)
+from pipeline.publish import publishing
 from tarpo.errors import InputError, read_jsonl_log
 from tarpo.io import write_json_atomic, write_text_atomic
 
@@ -89,9 +92,38 @@ def params_hash(cfg, train_path: str | Path, warmup_dir: str | Path, base: dict 
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
 
 
+def probe_tracking(tracking_cfg, checkpoint_dir: str | Path) -> None:
+    """Open the store and its experiment now: a store that cannot be used must fail before checkpoints/ is touched
+    (a params change deletes them), with a message that says they are still there."""
+    if not tracking_cfg.enabled:
+        return
+    from tarpo.tracking import TrackingUnavailable, open_experiment, store_errors
+
+    try:
+        with store_errors(tracking_cfg.uri):
+            open_experiment(tracking_cfg.uri, tracking_cfg.experiment)
+    except TrackingUnavailable as exc:
+        raise TrackingUnavailable(f"{exc}; {checkpoint_dir}/ was left as it was: fix the store, then run train "
+                                  "again") from None
+
+
+def _check_removable(root: Path) -> None:
+    """A read-only directory anywhere in `root` would stop rmtree half-way: refuse before deleting anything."""
+    for directory in [root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(directory))
+    if not os.access(root.absolute().parent, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(root.absolute().parent))
+
+
 def prepare_checkpoints(checkpoint_dir: str | Path, digest: str, resume: bool, log=print) -> None:
-    """Keep the checkpoints of an interrupted run with the same params; otherwise start fresh."""
+    """Keep the checkpoints of an interrupted run with the same params; otherwise start fresh.
+
+    A params change between a kill and the next run restarts (logged, the old checkpoints removed), never resumes
+    them with other params."""
     root = Path(checkpoint_dir)
+    if root.is_dir() and not os.access(root, os.W_OK | os.X_OK):  # read-only: one line before anything else
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(root))
     stored = (root / HASH_FILE).read_text().strip() if (root / HASH_FILE).is_file() else None
     has_any = root.is_dir() and any(root.iterdir())
     if has_any and resume and stored is None:  # never delete a run's checkpoints on a guess
@@ -99,6 +131,7 @@ def prepare_checkpoints(checkpoint_dir: str | Path, digest: str, resume: bool, l
                          f"or pass --no-resume to start fresh (removes {root}/)")
     if has_any and (not resume or stored != digest):
         why = "--no-resume" if not resume else f"params changed (checkpoint hash {str(stored)[:12]}, now {digest[:12]})"
+        _check_removable(root)
         log(f"starting fresh: {why}; removing {root}/")
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -285,6 +318,8 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
     trainer, _ = build_trainer(cfg, records, base, checkpoint_dir, models_dir, log, params_hash=digest)
     evaluate_fn = heldout_evaluator(cfg, trainer.tokenizer, eval_path, log)
     stale_run = _checkpoint_run_id(checkpoint_dir)
+    if not child and (not external or trainer.accelerator.is_main_process):
+        probe_tracking(cfg.tracking, checkpoint_dir)  # everything that can fail, before checkpoints/ may be deleted
     if not child and not external:  # our launcher already did this before starting the processes
         prepare_checkpoints(checkpoint_dir, digest, resume, log)
     if external:  # started by the user's launcher (e.g. on several nodes): one process prepares, all wait
@@ -342,42 +377,37 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
             f"(soft ratio {metrics.get('soft_ratio', 0.0):.3f})")
 
     started = time.perf_counter()
-    status = "FAILED"
-    try:
+    if not main:  # the main process publishes and tracks
         trainer.train(on_step=on_step, progress=progress, evaluate_fn=evaluate_fn, evaluate_every=cfg.eval.every or 0,
                       on_evaluate=on_evaluate)
-        status = "FINISHED"
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (cli.py turns it into this)
-        status = "KILLED"
-        raise
-    finally:
-        if tracker is not None and status != "FINISHED":
-            tracker.close(status)
-    if not main:
         return {}
-    info = {"run_id": trainer.state.run_id, "params_hash": digest, "steps": trainer.state.step,
-            "base": base_record, "tracking_uri": cfg.tracking.uri if cfg.tracking.enabled else None}
+    with closing_run(tracker):  # Ctrl-C or SIGTERM (cli.py turns it into KeyboardInterrupt) closes it as KILLED
+        trainer.train(on_step=on_step, progress=progress, evaluate_fn=evaluate_fn, evaluate_every=cfg.eval.every or 0,
+                      on_evaluate=on_evaluate)
+        info = {"run_id": trainer.state.run_id, "params_hash": digest, "steps": trainer.state.step,
+                "base": base_record, "tracking_uri": cfg.tracking.uri if cfg.tracking.enabled else None}
+        metrics = {**summary_metrics(rows), **heldout_summary(heldout_rows), "resumed": int(resumed),
+                   "train_seconds": time.perf_counter() - started}
+        from tarpo.plots import save_png, train_figure
 
-    def write(tmp: Path) -> None:
-        trainer.export(tmp)
-        write_json_atomic(tmp / paths.TRAINED_BASE, {k: info[k] for k in ("base", "run_id")})
-
-    write_dir_atomic(trained_dir, write)
-    metrics = {**summary_metrics(rows), **heldout_summary(heldout_rows), "resumed": int(resumed),
-               "train_seconds": time.perf_counter() - started}
-    write_text_atomic(plot_path, _plot_csv(rows, plot_columns(cfg)))
-    write_text_atomic(heldout_plot_path, _plot_csv(sorted(heldout_rows, key=lambda r: r["step"]), HELDOUT_COLUMNS))
-    from tarpo.plots import save_png, train_figure
-
-    curve = [{"step": r["step"], "eval_avg_at_k": r["avg_at_k"]} for r in heldout_rows if "avg_at_k" in r]
-    figure = train_figure(rows + curve, f"TARPO training: {model_label(cfg.model)}, {cfg.router.mode}, "
-                                        f"seed {cfg.train.seed}")
-    figure_path = save_png(figure, plot_figure_path or Path(plot_path).with_suffix(".png"))  # beside the CSV
-    write_json_atomic(metrics_path, metrics)
-    write_json_atomic(run_info_path, info)
-    tracker.log_artifact(str(plot_path))
-    tracker.log_artifact(str(heldout_plot_path))
-    tracker.log_artifact(str(figure_path), "plots")
-    tracker.log_metrics({f"train/{k}": float(v) for k, v in metrics.items()})
-    tracker.close("FINISHED")
+        curve = [{"step": r["step"], "eval_avg_at_k": r["avg_at_k"]} for r in heldout_rows if "avg_at_k" in r]
+        figure = train_figure(rows + curve, f"TARPO training: {model_label(cfg.model)}, {cfg.router.mode}, "
+                                            f"seed {cfg.train.seed}")
+        figure_path = plot_figure_path or Path(plot_path).with_suffix(".png")  # beside the CSV
+        # the model and run_info.json (which evaluate and register read the run id from) are one unit
+        with publishing("train", [trained_dir, plot_path, heldout_plot_path, figure_path, metrics_path,
+                                  run_info_path]) as outputs:
+            staged = outputs.dir(trained_dir)
+            trainer.export(staged)
+            write_json_atomic(staged / paths.TRAINED_BASE, {k: info[k] for k in ("base", "run_id")})
+            write_text_atomic(outputs.file(plot_path), _plot_csv(rows, plot_columns(cfg)))
+            write_text_atomic(outputs.file(heldout_plot_path),
+                              _plot_csv(sorted(heldout_rows, key=lambda r: r["step"]), HELDOUT_COLUMNS))
+            save_png(figure, outputs.file(figure_path))
+            write_json_atomic(outputs.file(metrics_path), metrics)
+            write_json_atomic(outputs.file(run_info_path), info)
+        tracker.log_artifact(str(plot_path))
+        tracker.log_artifact(str(heldout_plot_path))
+        tracker.log_artifact(str(figure_path), "plots")
+        tracker.log_metrics({f"train/{k}": float(v) for k, v in metrics.items()})
     return metrics

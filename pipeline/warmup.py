@@ -1,7 +1,7 @@
 """warmup stage: supervised fine-tuning of the `tiny` preset on worked solutions, before TARPO.
 
 Reads the `warmup` section (plus the model and the prompt format) and the prepared train split.
-Writes (atomically) `models/warmup/` (HF model + tokenizer + warmup.json), `metrics/warmup.json` and
+Writes (published together: pipeline.publish) `models/warmup/` (HF model + tokenizer + warmup.json), `metrics/warmup.json` and
 `plots/warmup.csv`. warmup.json records `made_from` = {preset, path, weights_sha256} of the base it was made from:
 later stages use the output only when that is the configured model (pipeline.common.choose_base). When the recipe
 turns warm-up off (every model but tiny) it writes only the marker with ran=false, so the DVC outs exist.
@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.common import chat_prompts, configured_base, require_file, write_dir_atomic
+from pipeline.common import chat_prompts, configured_base, require_file
+from pipeline.publish import publishing
 from tarpo.io import write_json_atomic, write_text_atomic
 
 
 def _write_plot(path: str | Path, rows: list[dict]) -> None:
+    """plots/warmup.csv (at `path`: the staged file while the stage publishes)."""
     lines = ["step,loss,lr"] + [f"{r['step']},{r['loss']:.6f},{r['lr']:.6g}" for r in rows]
     write_text_atomic(path, "\n".join(lines) + "\n")
 
@@ -29,9 +31,10 @@ def run_warmup(*, cfg, train_path: str | Path = paths.TRAIN_DATA, out_dir: str |
     if not cfg.warmup.enabled:
         info = {"ran": False, "reason": f"warmup disabled for {cfg.model.preset or cfg.model.path!r}; TARPO starts "
                                         "from the configured model's weights"}
-        write_dir_atomic(out_dir, lambda tmp: write_json_atomic(tmp / paths.WARMUP_MARKER, info))
-        write_json_atomic(metrics_path, {"ran": 0})
-        _write_plot(plot_path, [])
+        with publishing("warmup", [out_dir, metrics_path, plot_path]) as outputs:
+            write_json_atomic(outputs.dir(out_dir) / paths.WARMUP_MARKER, info)
+            write_json_atomic(outputs.file(metrics_path), {"ran": 0})
+            _write_plot(outputs.file(plot_path), [])
         return {"ran": 0}
 
     import torch
@@ -62,12 +65,11 @@ def run_warmup(*, cfg, train_path: str | Path = paths.TRAIN_DATA, out_dir: str |
     metrics = {"ran": 1, **result, "seconds": time.perf_counter() - started}
     info = {"ran": True, "made_from": configured_base(cfg, models_dir), **metrics}
 
-    def write(tmp: Path) -> None:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-        write_json_atomic(tmp / paths.WARMUP_MARKER, info)
-
-    write_dir_atomic(out_dir, write)
-    write_json_atomic(metrics_path, metrics)
-    _write_plot(plot_path, rows)
+    with publishing("warmup", [out_dir, metrics_path, plot_path]) as outputs:
+        staged = outputs.dir(out_dir)
+        model.save_pretrained(str(staged), safe_serialization=True)
+        tokenizer.save_pretrained(str(staged))
+        write_json_atomic(staged / paths.WARMUP_MARKER, info)
+        write_json_atomic(outputs.file(metrics_path), metrics)
+        _write_plot(outputs.file(plot_path), rows)
     return metrics

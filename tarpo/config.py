@@ -32,6 +32,26 @@ _R = "; null = the recipe's value"  # suffix of every recipe key's description (
 IGNORES_EVAL_PATH = ("synthetic", "reasoning-gym", "hub")  # sources that make or download their own eval split
 
 
+# Ranges a float32 step survives. Logits are divided by a temperature: below 0.01 a logit gap of 1 becomes 100 nats,
+# the tail probabilities underflow float32 (e^-100 < 1e-38) and log-probs and ratios turn non-finite (greedy decoding
+# is eval.greedy). AdamW moves each weight by about lr per step: above 1 a few steps overflow; below 1e-10 the step is
+# under half the float32 spacing of a weight of 0.01 (~9e-10) and nothing trains.
+MIN_TEMPERATURE = 1e-2
+MIN_LR, MAX_LR = 1e-10, 1.0
+_LR_BOUND = f" (in [{MIN_LR:g}, {MAX_LR:g}]: a float32 step neither overflows nor vanishes)"
+_T_BOUND = f" (>= {MIN_TEMPERATURE:g}: lower, float32 log-probs underflow)"
+
+
+def _temperature_problem(name: str, value: float | None, below_zero_hint: str) -> tuple[str, str] | None:
+    """(key, message) when a sampling temperature is out of its range, else None."""
+    if value is None or value >= MIN_TEMPERATURE:
+        return None
+    if value <= 0:
+        return name, f"{name}={value:g} must be > 0; {below_zero_hint}"
+    return name, (f"{name}={value:g} is below {MIN_TEMPERATURE:g}: logits / {value:g} underflow float32 log-probs "
+                  f"(every step non-finite); use >= {MIN_TEMPERATURE:g}, e.g. 0.1 for near-greedy sampling")
+
+
 class ConfigError(ValueError):
     """One or more configuration problems, each a line `dotted.key: message`."""
 
@@ -147,9 +167,10 @@ class RouterConfig(BaseModel):
         "tarpo", description="tarpo = learned router; hard = plain GRPO; soft-fixed = soft with fixed probability.")
     init_bias: Optional[list[float]] = Field(
         None, description=f"Router bias [b_hard, b_soft]; p_soft = 1/(1+e^(b_hard-b_soft)){_R}.")
-    temperature: float = Field(1.0, gt=0, description="Router softmax temperature.")
+    temperature: float = Field(1.0, gt=0, description=f"Router softmax temperature{_T_BOUND}.")
     loss_weight: float = Field(0.1, ge=0, description="Weight lambda of the router policy-gradient term.")
-    lr: Optional[float] = Field(None, gt=0, description=f"Router learning rate (its own parameter group){_R}.")
+    lr: Optional[float] = Field(None, ge=MIN_LR, le=MAX_LR, description=f"Router learning rate (its own parameter "
+                                f"group){_LR_BOUND}{_R}.")
     soft_probability: float = Field(0.1, ge=0, le=1, description="Soft-step probability for mode=soft-fixed.")
     soft_noise: Literal["none", "gumbel", "gaussian"] = Field(
         "none", description="Noise on soft steps' inputs, recorded so that training replays it (every rollout: "
@@ -160,6 +181,11 @@ class RouterConfig(BaseModel):
         1.0, gt=0, description="Size of router.soft_noise: gumbel = multiplier of the Gumbel draws against log w "
         "(1 = a Gumbel-softmax at temperature 1, -> 0 = no noise); gaussian = noise std in units of the embedding "
         "table's RMS entry (1 = as large as a typical embedding entry).")
+
+    @model_validator(mode="after")
+    def _temperature_range(self) -> "RouterConfig":
+        _fail([p for p in [_temperature_problem("temperature", self.temperature, "")] if p])
+        return self
 
     @field_validator("init_bias", mode="before")
     @classmethod
@@ -177,8 +203,8 @@ class RolloutConfig(BaseModel):
     max_new_tokens: Optional[int] = Field(None, ge=1, description=f"Completion length limit (soft steps included){_R}.")
     max_prompt_tokens: Optional[int] = Field(None, ge=1, description="Prompts longer than this are left-truncated "
                                              f"(counted and warned about){_R}.")
-    temperature: Optional[float] = Field(None, description="Token sampling temperature in training rollouts (> 0); "
-                                         f"the loss uses the same distribution{_R}.")
+    temperature: Optional[float] = Field(None, description="Token sampling temperature in training rollouts"
+                                         f"{_T_BOUND}; the loss uses the same distribution{_R}.")
     top_k: int = Field(0, ge=0, description="Token top-k filter; 0 = off.")
     top_p: float = Field(1.0, description="Token nucleus filter in (0, 1]; 1.0 = off.")
     soft_top_k: int = Field(10, description="Tokens mixed in a soft step (renormalised top-k of q_t); >= 1, <= vocabulary and top_k.")
@@ -195,9 +221,8 @@ class RolloutConfig(BaseModel):
         if self.group_size is not None and self.group_size < 2:
             problems.append(("group_size", f"group_size={self.group_size} must be >= 2: advantages compare "
                                            "completions of the same prompt; set 2 or more (4-8 typical)"))
-        if self.temperature is not None and self.temperature <= 0:
-            problems.append(("temperature", f"temperature={self.temperature:g} must be > 0; use a small value "
-                                            "such as 0.1 for near-greedy sampling"))
+        problems += [p for p in [_temperature_problem("temperature", self.temperature,
+                                                       "use a small value such as 0.1 for near-greedy sampling")] if p]
         if not 0 < self.top_p <= 1:
             problems.append(("top_p", f"top_p={self.top_p:g} must be in (0, 1]; use 1.0 to turn it off"))
         if self.soft_top_k < 1:
@@ -222,7 +247,7 @@ class WarmupConfig(BaseModel):
     allow_real_model: bool = Field(False, description="Confirm warmup.enabled=true on a model other than tiny "
                                    "(a full fine-tune of its weights at warmup.lr).")
     steps: Optional[int] = Field(None, ge=1, description=f"Warm-up optimizer steps{_R}.")
-    lr: Optional[float] = Field(None, gt=0, description=f"Warm-up learning rate{_R}.")
+    lr: Optional[float] = Field(None, ge=MIN_LR, le=MAX_LR, description=f"Warm-up learning rate{_LR_BOUND}{_R}.")
     batch_size: Optional[int] = Field(None, ge=1, description=f"Warm-up examples per step{_R}.")
     train_fraction: Optional[float] = Field(None, gt=0, le=1, description=f"Fraction of training records used for warm-up{_R}.")
     seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed of the warm-up (batches) and of the start router; "
@@ -232,7 +257,8 @@ class WarmupConfig(BaseModel):
 class TrainConfig(BaseModel):
     model_config = _STRICT
     steps: Optional[int] = Field(None, ge=1, description=f"Optimizer steps (one rollout batch each){_R}.")
-    lr: Optional[float] = Field(None, gt=0, description=f"Backbone (LoRA) learning rate{_R}.")
+    lr: Optional[float] = Field(None, ge=MIN_LR, le=MAX_LR, description=f"Backbone (LoRA) learning rate{_LR_BOUND}"
+                                f"{_R}.")
     lr_schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warm-up.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps with linear lr warm-up.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
@@ -314,7 +340,7 @@ class EvalConfig(BaseModel):
     model_config = _STRICT
     num_samples: Optional[int] = Field(None, ge=1, description=f"Samples per problem (k of avg@k){_R}.")
     pass_k: Optional[list[int]] = Field(None, description=f"k values for pass@k and maj@k, each in [1, num_samples]{_R}.")
-    temperature: float = Field(0.5, description="Sampling temperature for evaluation (> 0).")
+    temperature: float = Field(0.5, description=f"Sampling temperature for evaluation{_T_BOUND}.")
     greedy: bool = Field(True, description="Also compute greedy (temperature 0) accuracy.")
     router_greedy: bool = Field(False, description="Route by the router's argmax instead of sampling it.")
     router: Literal["learned", "hard"] = Field(
@@ -332,9 +358,8 @@ class EvalConfig(BaseModel):
     @model_validator(mode="after")
     def _rules(self) -> "EvalConfig":
         problems = []
-        if self.temperature <= 0:
-            problems.append(("temperature", f"temperature={self.temperature:g} must be > 0; greedy decoding is "
-                                            "eval.greedy=true"))
+        problems += [p for p in [_temperature_problem("temperature", self.temperature,
+                                                       "greedy decoding is eval.greedy=true")] if p]
         pass_k, num_samples = self.pass_k or [], self.num_samples or max(self.pass_k or [1])
         bad = [k for k in pass_k if not 1 <= k <= num_samples]
         if bad:

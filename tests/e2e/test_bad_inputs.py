@@ -274,7 +274,7 @@ FAULT_ROWS = [
     Row("fault-mkstemp-erofs-prepare", ["prepare"], "error: read-only file system (data/prepared/",
         fault=patch("tempfile.mkstemp", raise_oserror(errno.EROFS))),
     Row("fault-replace-eacces-warmup-skip", ["warmup", "--set", "warmup.enabled=false"],
-        f"error: permission denied ({paths.WARMUP_DIR})", fault=patch("os.replace", raise_oserror(errno.EACCES))),
+        f"error: permission denied ({paths.WARMUP_DIR}", fault=patch("os.replace", raise_oserror(errno.EACCES))),
     Row("fault-fsync-edquot-train-hash", ["train"], "error: disk quota exceeded (checkpoints/params.sha256)",
         fault=patch("os.fsync", raise_oserror(errno.EDQUOT))),
     Row("metrics-dir-is-file", ["prepare"], "error: a file is in the way of a directory (metrics)", setup=chain(
