@@ -189,20 +189,27 @@ def _leaf_keys(value: Any, key: str) -> list[str]:
     return [key]
 
 
-def _set_twice(given: list[tuple[str, Any]], key: str, value: Any) -> list[str]:
-    """Refuse a key given again with another value (`--set` twice, or `--set` and `--steps`/`--model`): which one
-    wins would be a silent guess. The same value twice is harmless. `given` collects (leaf key, value) pairs."""
-    leaves = [(leaf, _leaf_value(value, key, leaf)) for leaf in _leaf_keys(value, key)]
+def overrides_set_twice(overrides: Sequence[str]) -> list[str]:
+    """One line per key that the user's overrides (`--set`, `--steps`, `--model`) give twice with different values:
+    which one wins would be a silent guess. The same value twice is harmless. Programmatic callers of load_config
+    may still layer overrides (the last wins); the CLI refuses."""
+    given: list[tuple[str, Any]] = []
     problems = []
-    for leaf, new in leaves:
-        for old_key, old in given:
-            overlaps = old_key == leaf or old_key.startswith(leaf + ".") or leaf.startswith(old_key + ".")
-            if overlaps and (old_key != leaf or old != new):
-                problems.append(f"{leaf}: set twice ({old_key}={json.dumps(old)}, then {leaf}={json.dumps(new)}) by "
-                                "--set, --steps or --model; give it once")
+    for text in overrides:
+        try:
+            key, value = parse_override(text)
+        except ConfigError:
+            continue  # reported by load_config with its own message
+        leaves = [(leaf, _leaf_value(value, key, leaf)) for leaf in _leaf_keys(value, key)]
+        for leaf, new in leaves:
+            clash = next(((k, v) for k, v in given if (k == leaf and v != new) or k.startswith(leaf + ".")
+                          or leaf.startswith(k + ".")), None)
+            if clash is not None:
+                problems.append(f"{leaf}: set twice ({clash[0]}={json.dumps(clash[1])}, then {leaf}={json.dumps(new)}) "
+                                "by --set, --steps or --model; give it once")
                 break
-    given += leaves
-    return problems[:1]
+        given += leaves
+    return problems
 
 
 def _leaf_value(value: Any, key: str, leaf: str) -> Any:
@@ -214,11 +221,10 @@ def _leaf_value(value: Any, key: str, leaf: str) -> Any:
 def load_config_with_sources(path: str | Path, overrides: Sequence[str] = ()) -> tuple[TarpoConfig, dict[str, str]]:
     """`load_config` plus, for every key, where its value came from (recipe < params file < --set)."""
     file_data = _read_yaml(Path(path))
-    data, problems, set_keys, given = copy.deepcopy(file_data), [], [], []
+    data, problems, set_keys = copy.deepcopy(file_data), [], []
     for text in overrides:
         try:
             key, value = parse_override(text)
-            problems += _set_twice(given, key, value)
             _set_dotted(data, key, value)
             set_keys += _leaf_keys(value, key)
         except ConfigError as exc:
