@@ -17,6 +17,7 @@ import typer
 
 from tarpo.config import (ConfigError, TarpoConfig, dump_yaml, load_config, load_config_with_sources, resolve_config,
                           shorthand_overrides)
+from tarpo.config_load import overrides_set_twice
 from tarpo.errors import disk_error_line
 
 USER_ERROR_EXIT = 2
@@ -79,6 +80,7 @@ def load_params_with_sources(path: Path, sets: Optional[list[str]] = None,
         overrides += shorthand_overrides(model=model)
     except ConfigError as exc:
         problems += exc.problems
+    problems += overrides_set_twice(overrides)
     try:
         cfg, sources = load_config_with_sources(path, overrides)
     except ConfigError as exc:
@@ -96,6 +98,8 @@ def config_validate(
 ) -> None:
     """Check a params file: prints `ok: PATH`, or one line per problem and exits with code 2."""
     with user_errors():
+        if twice := overrides_set_twice(sets or []):
+            raise ConfigError(twice)
         load_config(path, sets or [])
     typer.echo(f"ok: {path}")
 

@@ -360,9 +360,9 @@ def readme_results(root: str | Path = ".") -> str:
         m = json.loads(metrics_path.read_text())
         lock = root / "dvc.lock"
         z = m["improvement"] / m["improvement_stderr"] if m.get("improvement_stderr") else float("nan")
-        import yaml
+        from tarpo.yaml_loader import load_yaml
 
-        seed = (yaml.safe_load((root / paths.PARAMS).read_text()) or {}).get("train", {}).get("seed")
+        seed = (load_yaml((root / paths.PARAMS).read_text()) or {}).get("train", {}).get("seed")
         lines += [f"**The committed `dvc repro` baseline** (`metrics/eval.json`{', `dvc.lock`' if lock.is_file() else ''}"
                   f", {int(m['tarpo/num_problems'])} held-out problems x {int(m['tarpo/num_samples'])} samples, "
                   f"`train.seed: {seed}`): warm-up avg@k {m['warmup/avg_at_k']:.3f} -> TARPO "

@@ -236,6 +236,11 @@ class RolloutConfig(BaseModel):
             if limit is not None and self.max_new_tokens is not None and limit > self.max_new_tokens:
                 problems.append((name, f"{name}={limit} exceeds max_new_tokens={self.max_new_tokens}; "
                                        f"set it <= {self.max_new_tokens} or null for no limit"))
+        total, run = self.max_latent_steps, self.max_consecutive_latent_steps
+        if None not in (total, run) and run > total:
+            problems.append(("max_consecutive_latent_steps", f"max_consecutive_latent_steps={run} exceeds "
+                             f"max_latent_steps={total}: a run of soft steps can never be longer than their total; "
+                             f"set it <= {total} or null"))
         _fail(problems)
         return self
 

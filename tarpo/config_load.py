@@ -11,7 +11,6 @@ import copy
 import difflib
 import importlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,17 +20,9 @@ from pydantic import BaseModel, ValidationError
 from tarpo.errors import read_text
 from tarpo.config import ConfigError, ModelConfig, TarpoConfig, _fail, _submodel, flatten_config
 from tarpo.recipes import Recipe, RecipeError, select_recipe
+from tarpo.yaml_loader import YamlRefused, load_yaml
 
 # -------------------------------------------------------------------------------- YAML + errors
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-4` as a float (YAML 1.2), not the string PyYAML 1.1 would give."""
-
-
-# PyYAML's own float rule needs a dot and a signed exponent; this one adds `1e-4`, `1.0e3`, `-2E5`.
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
-                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
-
-
 def _model_at(path: Sequence[str | int]) -> type[BaseModel] | None:
     """The config model class found by walking field names from the root, or None."""
     model: type[BaseModel] = TarpoConfig
@@ -53,6 +44,8 @@ _TYPE_NAMES = {"int_type": "an integer", "float_type": "a number", "bool_type": 
                "string_type": "a string", "list_type": "a list", "model_type": "a mapping of keys",
                "dict_type": "a mapping of keys", "float_parsing": "a number", "int_from_float": "an integer",
                "finite_number": "a finite number"}
+_YAML11_BOOLS = ("yes", "no", "on", "off", "y", "n")
+INT64_MAX = 2**63 - 1  # torch and numpy hold integers in 64 bits; a larger value overflows deep inside a stage
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
 
@@ -62,6 +55,8 @@ def _message(error: dict) -> str:
     if kind == "extra_forbidden":
         model = _model_at(error["loc"][:-1])
         return "unknown key; " + _did_you_mean(str(error["loc"][-1]), list(model.model_fields) if model else [])
+    if kind == "bool_type" and isinstance(given, str) and given.lower() in _YAML11_BOOLS:
+        return f"expected true or false, got {given!r} (YAML 1.1's yes/no/on/off are text here: write true or false)"
     if kind in _TYPE_NAMES:
         return f"expected {_TYPE_NAMES[kind]}, got {given!r}"
     if kind in _BOUNDS:
@@ -101,7 +96,9 @@ def parse_override(text: str) -> tuple[str, Any]:
             raise ConfigError([f"{key}: unknown key; {_did_you_mean(part, list(model.model_fields))}"])
         model = _submodel(model.model_fields[part].annotation)
     try:
-        value = yaml.load(raw, Loader=_Loader)
+        value = load_yaml(raw)
+    except YamlRefused as exc:
+        raise ConfigError([f"{key}: value {raw!r} refused: {exc.problem}"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{key}: value {raw!r} is not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
     return key, value
@@ -134,11 +131,12 @@ def _read_yaml(path: Path) -> dict:
     if not path.exists():  # a directory is named as such by read_text
         raise ConfigError([f"{path}: file not found (pass the params file, e.g. params.yaml)"])
     try:
-        data = yaml.load(read_text(path), Loader=_Loader)
+        data = load_yaml(read_text(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError([f"{where}: YAML syntax error: {getattr(exc, 'problem', None) or exc}"]) from None
+        kind = "" if isinstance(exc, YamlRefused) else "YAML syntax error: "
+        raise ConfigError([f"{where}: {kind}{getattr(exc, 'problem', None) or exc}"]) from None
     if data is None:  # an empty file is far more often a mistake than a wish for every default
         raise ConfigError([f"{path}: empty params file; write `{{}}` to run on the built-in defaults"])
     if not isinstance(data, dict):
@@ -147,12 +145,29 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+def _huge_ints(node: Any, key: str = "") -> list[str]:
+    """`key: message` for every integer beyond 64 bits in raw params (pydantic's int has no upper bound)."""
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in _huge_ints(v, f"{key}.{k}" if key else str(k))]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in _huge_ints(v, f"{key}.{i}")]
+    if isinstance(node, int) and not isinstance(node, bool) and abs(node) > INT64_MAX:
+        digits = str(abs(node))
+        shown = digits if len(digits) <= 24 else f"{digits[:6]}... ({len(digits)} digits)"
+        return [f"{key}: {'-' if node < 0 else ''}{shown} is beyond the 64-bit integer range (at most {INT64_MAX})"]
+    return []
+
+
 def validate_data(data: dict) -> TarpoConfig:
     """Validate an already-parsed mapping; all problems (schema, cross-field, preset) in one ConfigError."""
     try:
         cfg = TarpoConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
+        problems = _format_errors(exc)
+        reported = {p.partition(":")[0] for p in problems}
+        raise ConfigError(problems + [p for p in _huge_ints(data) if p.partition(":")[0] not in reported]) from None
+    if huge := _huge_ints(data):
+        raise ConfigError(huge)
     try:
         problems = _model_problems(cfg)
     except RecipeError as exc:
@@ -172,6 +187,35 @@ def _leaf_keys(value: Any, key: str) -> list[str]:
     if isinstance(value, dict) and value:
         return [leaf for k, v in value.items() for leaf in _leaf_keys(v, f"{key}.{k}")]
     return [key]
+
+
+def overrides_set_twice(overrides: Sequence[str]) -> list[str]:
+    """One line per key that the user's overrides (`--set`, `--steps`, `--model`) give twice with different values:
+    which one wins would be a silent guess. The same value twice is harmless. Programmatic callers of load_config
+    may still layer overrides (the last wins); the CLI refuses."""
+    given: list[tuple[str, Any]] = []
+    problems = []
+    for text in overrides:
+        try:
+            key, value = parse_override(text)
+        except ConfigError:
+            continue  # reported by load_config with its own message
+        leaves = [(leaf, _leaf_value(value, key, leaf)) for leaf in _leaf_keys(value, key)]
+        for leaf, new in leaves:
+            clash = next(((k, v) for k, v in given if (k == leaf and v != new) or k.startswith(leaf + ".")
+                          or leaf.startswith(k + ".")), None)
+            if clash is not None:
+                problems.append(f"{leaf}: set twice ({clash[0]}={json.dumps(clash[1])}, then {leaf}={json.dumps(new)}) "
+                                "by --set, --steps or --model; give it once")
+                break
+        given += leaves
+    return problems
+
+
+def _leaf_value(value: Any, key: str, leaf: str) -> Any:
+    for part in leaf[len(key):].split(".")[1:]:
+        value = value[part]
+    return value
 
 
 def load_config_with_sources(path: str | Path, overrides: Sequence[str] = ()) -> tuple[TarpoConfig, dict[str, str]]:
@@ -296,6 +340,9 @@ def _model_problems(cfg: TarpoConfig) -> list[str]:
     if vocab and cfg.rollout.soft_top_k > vocab:
         problems.append(f"rollout.soft_top_k: {cfg.rollout.soft_top_k} exceeds the vocabulary of {name} "
                         f"({vocab} tokens); set soft_top_k <= {vocab}")
+    if vocab and cfg.rollout.top_k > vocab:
+        problems.append(f"rollout.top_k: {cfg.rollout.top_k} exceeds the vocabulary of {name} ({vocab} tokens), so "
+                        f"it filters nothing; set top_k <= {vocab}, or 0 for no top-k filter")
     expected = facts.get("preset_vocab_size")
     if expected and vocab and expected != vocab:
         problems.append(f"model.path: {cfg.model.path} has a vocabulary of {vocab} tokens, preset {cfg.model.preset} "
@@ -354,12 +401,27 @@ def shorthand_overrides(model: str | None = None, steps: int | None = None,
             overrides += [f"model.path={json.dumps(str(model))}", "model.preset=null"]
         else:
             raise ConfigError([f"--model: {model!r} is neither a preset nor an existing directory; "
-                               f"{_did_you_mean(model, list(presets))}"])
+                               f"{unknown_model_hint(model, presets)}"])
     if steps is not None:
         overrides.append(f"train.steps={steps}")
     if seed is not None:
         overrides.append(f"train.seed={seed}")
     return overrides
+
+
+def unknown_model_hint(name: str, presets: dict) -> str:
+    """What to do with a model name that is no preset: the preset of a hub id, a download for another hub id,
+    else the nearest preset name."""
+    by_hub = {spec.hub_id.lower(): key for key, spec in presets.items() if getattr(spec, "hub_id", None)}
+    wanted = name.strip("/").lower()
+    preset = by_hub.get(wanted) or by_hub.get(wanted + "-instruct")
+    if preset is not None:
+        return f"the preset for it is {preset!r} ({presets[preset].hub_id}): use that name"
+    if "/" in name.strip("/") and not name.startswith((".", "/", "~")):
+        local = f"models/{name.strip('/').split('/')[-1]}"
+        return (f"it looks like a hub id, and no preset has it (python cli.py models list); download it first, e.g. "
+                f"`huggingface-cli download {name} --local-dir {local}`, then pass --model {local}")
+    return _did_you_mean(name, list(presets))
 
 
 def resolve_config(cfg: TarpoConfig) -> TarpoConfig:

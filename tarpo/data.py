@@ -22,8 +22,8 @@ from pathlib import Path
 
 from tarpo.hygiene import (dedupe, drop_overlap, normalize_prompt, require_distinct_files, require_holdout,
                            require_nonempty_splits, require_records, sample_records)
-from tarpo.readers import (GSM8K_HUB, MATH_HUB, HubUnavailable, iter_jsonl, read_gsm8k, read_hub, read_math,
-                           read_reasoning_gym, read_table)
+from tarpo.readers import (GSM8K_HUB, MATH_HUB, HubUnavailable, check_input_path, iter_jsonl, read_gsm8k, read_hub,
+                           read_math, read_reasoning_gym, read_table)
 from tarpo.records import (DataError, ReadReport, Record, Rows, UniqueIds, clean_gsm8k_solution, gold_from_answer,
                            gold_text)
 from tarpo.rewards import DEFAULT_MARKER
@@ -154,6 +154,9 @@ def _read_raw(source: str, *, train_path, eval_path, fields, hub: Mapping, train
         return _read_hub_splits(source, hub, fields, malformed, (train_report, eval_report))
     if not train_path:
         raise DataError(f"data.train_path: required for data.source {source!r}")
+    for path in (train_path, eval_path):
+        if path:
+            check_input_path(path, allow_dir=source == "math")  # a loop or a FIFO: refused before anything opens it
     require_distinct_files(train_path, eval_path)
     train = _read_file(source, train_path, fields, malformed, train_report)
     require_records(train, train_report, str(train_path), "data.train_path")

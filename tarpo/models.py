@@ -14,7 +14,6 @@ Departures from the reference (tarpo-reference.md):
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata
 import os
 import shutil
@@ -330,8 +329,10 @@ def _not_available(preset: ModelPreset, looked: list[str]) -> ModelNotAvailable:
 def _get_preset(name: str) -> ModelPreset:
     if name in PRESETS:
         return PRESETS[name]
-    close = difflib.get_close_matches(name, list(PRESETS), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    from tarpo.config_load import unknown_model_hint
+
+    hint = unknown_model_hint(name, PRESETS)
+    hint = f" ({hint})" if not hint.startswith("allowed:") else ""
     raise ModelNotAvailable(f"unknown model preset '{name}'{hint}; known presets: {', '.join(PRESETS)}; "
                             "or pass --model /path/to/dir")
 

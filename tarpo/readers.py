@@ -16,19 +16,25 @@ Where we deliberately depart from the reference (tarpo-reference.md §5-6):
 
 from __future__ import annotations
 
-import io
+import errno
+import gzip
 import json
+import os
+import stat
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from tarpo.errors import read_text
-from tarpo.records import (DataError, ReadReport, Record, Rows, UniqueIds, clean_gsm8k_solution, gold_from_answer,
-                           gold_text)
+from tarpo.errors import InputError, read_text
+from tarpo.records import (DataError, ReadReport, Record, Rows, UniqueIds, ascii_digits, clean_gsm8k_solution,
+                           gold_from_answer, gold_text)
 from tarpo.rewards import DEFAULT_MARKER, last_boxed
 
 GSM8K_HUB = ("openai/gsm8k", "main")  # (name, config) read by source gsm8k without data.train_path
 MATH_HUB = ("DigitalLearningGmbH/MATH-lighteval", None)  # Hendrycks MATH (7500 train / 5000 test), same fields
 REASONING_GYM_PIN = "reasoning-gym==0.1.25"  # requirements.txt pins the same version
+MAX_LINE_BYTES = 8 << 20  # one record; longer is not a problem statement (8 MB of text is ~2M tokens)
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 class HubUnavailable(DataError):
@@ -41,23 +47,108 @@ class HubUnavailable(DataError):
 
 # ---------------------------------------------------------------- raw rows: (where, row) pairs
 
+def check_input_path(path: str | Path, *, allow_dir: bool = False) -> None:
+    """Refuse, before opening, what cannot be read as a data file: a missing path, a symlink loop, a directory
+    (unless `allow_dir`) and anything that is not a regular file (a FIFO or a device would block or never end)."""
+    path = Path(path)
+    try:
+        info = path.stat()  # follows symlinks, and never opens: a FIFO with no writer would block open()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise DataError(f"{path}: a symlink loop (the link leads back to itself); point it at the real file") \
+                from None
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            dangling = f" (a symlink to {os.readlink(path)}, which does not exist)" if path.is_symlink() else ""
+            raise DataError(f"{path}: file not found{dangling}") from None
+        raise
+    if stat.S_ISDIR(info.st_mode):
+        if not allow_dir:
+            raise DataError(f"{path}: is a directory, expected a file (.jsonl or .parquet)")
+        return
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _SPECIAL_FILES if test(info.st_mode)), "a special file")
+        raise DataError(f"{path}: is {kind}, not a regular file (reading it could block or never end); "
+                        "write the data to a file and point at that")
+
+
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _open_lines(path: Path):
+    """A binary handle on `path`, decompressing gzip (recognised by its magic bytes, whatever the name)."""
+    with open(path, "rb") as probe:
+        gzipped = probe.read(2) == GZIP_MAGIC
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")
+
+
+def _raw_lines(handle) -> Iterator[tuple[int, bytes, int]]:
+    """(byte offset, line, full length) per line; a line longer than MAX_LINE_BYTES comes back cut, its rest
+    read and dropped so that memory stays bounded whatever the file holds."""
+    offset = 0
+    while chunk := handle.readline(MAX_LINE_BYTES + 1):
+        length = len(chunk)
+        if length > MAX_LINE_BYTES and not chunk.endswith(b"\n"):
+            while (rest := handle.readline(1 << 20)) and (length := length + len(rest)) and not rest.endswith(b"\n"):
+                pass
+            chunk = chunk[:MAX_LINE_BYTES]
+        yield offset, chunk, length
+        offset += length
+
+
+def _decoded(path: Path, offset: int, chunk: bytes, first: bool) -> str:
+    try:
+        text = chunk.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = offset + exc.start
+        raise InputError(f"{path}: not UTF-8 text (byte offset {at}: {chunk[exc.start:exc.start + 1]!r})") from None
+    return text.removeprefix("\ufeff") if first else text  # a BOM (Windows editors) is not part of the data
+
+
 def iter_jsonl(path: Path, rows: Rows) -> Iterator[tuple[str, dict]]:
-    """(where, row) per non-blank line; bad JSON and non-objects are reported with path:line."""
-    with io.StringIO(read_text(path), newline=None) as handle:  # names the file and byte offset of bad UTF-8
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            rows.report.rows_read += 1
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                rows.bad(where, f"bad JSON ({err.msg})")
-                continue
-            if not isinstance(row, dict):
-                rows.bad(where, f"expected a JSON object, got {type(row).__name__}")
-                continue
-            yield where, row
+    """(where, row) per non-blank line; bad JSON and non-objects are reported with path:line.
+
+    Read as a stream of bounded lines: a BOM, CRLF or lone-CR line ends and gzip are accepted; a line over
+    MAX_LINE_BYTES and a cut-off last line (no newline, bad JSON: a truncated file) are named as such.
+    """
+    path = Path(path)
+    check_input_path(path)
+    number = 0
+    try:
+        with _open_lines(path) as handle:
+            for offset, chunk, length in _raw_lines(handle):
+                if length > MAX_LINE_BYTES:
+                    number += 1
+                    rows.report.rows_read += 1
+                    rows.bad(f"{path}:{number}", f"a line of {length} bytes, more than the {MAX_LINE_BYTES} bytes one "
+                                                 "record may hold (is this a JSON-lines file?)")
+                    continue
+                text = _decoded(path, offset, chunk, first=offset == 0).replace("\r\n", "\n").replace("\r", "\n")
+                parts = text.split("\n")
+                if text.endswith("\n"):
+                    parts.pop()
+                for i, part in enumerate(parts):
+                    number += 1
+                    if part.strip():
+                        cut = i == len(parts) - 1 and not text.endswith("\n")
+                        yield from _parse_row(f"{path}:{number}", part, rows, cut)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise DataError(f"{path}: a damaged gzip file ({err}); re-download or re-compress it") from None
+
+
+def _parse_row(where: str, line: str, rows: Rows, cut: bool) -> Iterator[tuple[str, dict]]:
+    rows.report.rows_read += 1
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        truncated = "; it is the last line and has no newline: the file looks truncated (an interrupted copy " \
+                    "or write?)" if cut else ""
+        rows.bad(where, f"bad JSON ({err.msg}){truncated}")
+        return
+    if not isinstance(row, dict):
+        rows.bad(where, f"expected a JSON object, got {type(row).__name__}")
+        return
+    yield where, row
 
 
 def _iter_parquet(path: Path, rows: Rows) -> Iterator[tuple[str, dict]]:
@@ -76,10 +167,7 @@ def _iter_parquet(path: Path, rows: Rows) -> Iterator[tuple[str, dict]]:
 
 
 def _iter_table(path: Path, rows: Rows) -> Iterator[tuple[str, dict]]:
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory; expected a .jsonl or .parquet file")
+    check_input_path(path)
     if path.suffix == ".parquet":
         return _iter_parquet(path, rows)
     return iter_jsonl(path, rows)
@@ -123,7 +211,7 @@ def _text(row: Mapping, name: str, where: str, rows: Rows) -> str | None:
     """The non-empty text of row[name] (a prompt): anything but a string is malformed, never coerced."""
     value = row.get(name)
     if value is None:
-        rows.bad(where, f"missing field {name!r}")
+        rows.bad(where, f"field {name!r} is null" if name in row else f"missing field {name!r}")
         return None
     if not isinstance(value, str):
         rows.bad(where, f"field {name!r} must be text, got {type(value).__name__}")
@@ -138,16 +226,24 @@ def _answer(row: Mapping, name: str, where: str, rows: Rows) -> str | None:
     """A gold: text, a number or a list of them (B17); a mapping is malformed."""
     value = row.get(name)
     if value is None:
-        rows.bad(where, f"missing field {name!r}")
+        rows.bad(where, f"field {name!r} is null" if name in row else f"missing field {name!r}")
         return None
-    if isinstance(value, Mapping):
-        rows.bad(where, f"field {name!r} must be text, a number or a list, got {type(value).__name__}")
+    items = value if isinstance(value, list) else [value]
+    if isinstance(value, Mapping) or any(isinstance(v, (Mapping, list)) for v in items):
+        rows.bad(where, f"field {name!r} must be text, a number or a list of them, got {_shape(value)}")
         return None
     text = value.strip() if isinstance(value, str) else gold_text(value)
     if not text:
         rows.bad(where, f"empty field {name!r}")
         return None
-    return text
+    return ascii_digits(text)
+
+
+def _shape(value) -> str:
+    if isinstance(value, list):
+        inner = next(type(v).__name__ for v in value if isinstance(v, (Mapping, list)))
+        return f"a list holding a {inner}"
+    return type(value).__name__
 
 
 # ---------------------------------------------------------------- row parsers
@@ -175,13 +271,13 @@ def _math_record(row: Mapping, where: str, rows: Rows, source: str, rid: str) ->
     problem = _text(row, "problem", where, rows)
     if problem is None:
         return None
-    answer = gold_text(row.get("answer")) if not isinstance(row.get("answer"), Mapping) else ""
+    answer = ascii_digits(gold_text(row.get("answer"))) if not isinstance(row.get("answer"), Mapping) else ""
     solution = row.get("solution") if isinstance(row.get("solution"), str) else ""
     if not answer:
         if not solution:
             rows.bad(where, "missing field 'answer' and 'solution'")
             return None
-        answer = (last_boxed(solution) or "").strip()
+        answer = ascii_digits((last_boxed(solution) or "").strip())
         if not answer:
             rows.bad(where, "no \\boxed{} answer in 'solution'")
             return None
@@ -246,7 +342,7 @@ def read_math(path: str | Path, *, malformed: str = "skip", report: ReadReport |
     for file in files:
         rows.report.rows_read += 1
         try:
-            row = json.loads(file.read_text(encoding="utf-8"))
+            row = json.loads(read_text(file))
         except json.JSONDecodeError as err:
             rows.bad(f"{file}:{err.lineno}", f"bad JSON ({err.msg})")
             continue

@@ -7,6 +7,7 @@ Shared by the readers (`tarpo.readers`), the synthetic generator (`tarpo.synthet
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -95,6 +96,17 @@ def gold_text(value) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(gold_text(v) for v in value if gold_text(v))
     return str(value).strip()
+
+
+def ascii_digits(text: str) -> str:
+    """Decimal digits of any script as ASCII: a gold "٧" (Arabic-Indic) or "７" (full-width) is "7", which is
+    what completions write; left as it was, no answer could ever equal it.
+
+    >>> ascii_digits("١٢٣٫٥ apples"), ascii_digits("７"), ascii_digits("x²")
+    ('123٫5 apples', '7', 'x²')
+    """
+    return "".join(str(unicodedata.decimal(c)) if not c.isascii() and unicodedata.decimal(c, None) is not None else c
+                   for c in text)
 
 
 def gold_from_answer(text: str, marker: str = DEFAULT_MARKER) -> str:

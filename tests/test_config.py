@@ -121,6 +121,20 @@ def test_overrides_merge_into_file_and_win(tmp_path):
     assert (cfg.model.lora.rank, cfg.model.lora.alpha, cfg.train.steps) == (4, 16.0, 9)
 
 
+@pytest.mark.parametrize("sets,line", [
+    (["train.steps=7", "train.steps=9"], "train.steps: set twice (train.steps=7, then train.steps=9)"),
+    (["model.lora={rank: 4}", "model.lora.rank=8"], "model.lora.rank: set twice (model.lora.rank=4, then "
+                                                     "model.lora.rank=8)"),
+    (["model.lora.rank=8", "model.lora={}"], "model.lora: set twice (model.lora.rank=8, then model.lora={})"),
+    (["train.steps=9", "train.steps=9", "train.seed=1"], None),  # the same value twice is harmless
+])
+def test_the_cli_refuses_a_key_set_twice_to_different_values(sets, line):
+    """Which of two user overrides wins must not be a silent guess (it was: the last one)."""
+    from tarpo.config_load import overrides_set_twice
+
+    assert overrides_set_twice(sets) == ([line + " by --set, --steps or --model; give it once"] if line else [])
+
+
 def test_all_problems_are_collected(tmp_path):
     path = write(tmp_path, "router: {init_bias: [1, 2, 3], mode: soft}\nrollout: {group_size: 1}\n")
     assert problems_of(path, ["train.stepz=1", "eval.pass_k=[0]"]) == [

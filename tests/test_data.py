@@ -73,7 +73,7 @@ def test_gsm8k_malformed_fail_raises_with_file_line(tmp_path, bad):
 
 def test_parquet_malformed_row_number(tmp_path):
     path = write_parquet(tmp_path / "g.parquet", GSM8K_ROWS + [{"question": "q", "answer": None}])
-    with pytest.raises(DataError, match=re.escape(f"{path}:3: missing field 'answer'")):
+    with pytest.raises(DataError, match=re.escape(f"{path}:3: field 'answer' is null")):
         read_gsm8k(path, malformed="fail")
 
 
