@@ -16,7 +16,10 @@ from tarpo.model_info import describe_local, estimate_parameters, weights_sha256
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = ROOT / "params.yaml"
 NEW_KEYS = {"data.task": "null", "warmup.allow_real_model": "false", "reward.kind": "auto",
-            "reward.answer_rule": "marker", "reward.require_single_marker": "false"}
+            "reward.answer_rule": "marker", "reward.require_single_marker": "false",
+            # off: training is bit-identical to before these keys existed
+            "train.dynamic_sampling": "false", "train.dynamic_sampling_max_rounds": "2", "reward.function": "null",
+            "reward.overlong": "none", "reward.overlong_buffer": "0"}
 
 
 def problems(overrides, path=PARAMS) -> list[str]:
