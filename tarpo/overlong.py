@@ -36,7 +36,7 @@ def length_penalty(lengths: torch.Tensor, max_new_tokens: int, buffer: int) -> t
         raise ValueError(f"overlong buffer must be in [1, max_new_tokens={max_new_tokens}], got {buffer}")
     expected = max_new_tokens - buffer
     over = (lengths.float() - expected).clamp_min(0)
-    return (-over / buffer).clamp_min(-1.0)
+    return 0.0 - (over / buffer).clamp_max(1.0)  # 0.0 - x, not -x: no -0.0 for completions in budget
 
 
 def truncated_rows(stop_reason: Sequence[str]) -> torch.Tensor:

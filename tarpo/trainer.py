@@ -416,7 +416,9 @@ class TarpoTrainer:
             penalty = length_penalty(batch.completion_mask.sum(1), self.rollout_settings.max_new_tokens,
                                      self.settings.overlong_buffer).mean().to(self.accelerator.device)
             metrics["overlong_penalty_mean"] = float(self.accelerator.reduce(penalty, reduction="mean"))
-        loss_rows = ~truncated_rows(batch.stop_reason) if self.settings.overlong == "filter" else None
+        loss_rows = None
+        if self.settings.overlong == "filter":
+            loss_rows = ~truncated_rows(batch.stop_reason).to(batch.completion_mask.device)
         mb = self.settings.micro_batch_size
         ref = self._reference_logprobs(batch, [slice(i, i + mb) for i in range(0, batch.num_rows, mb)])
         update_started = time.perf_counter()

@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PARAMS = ROOT / "params.yaml"
 NEW_KEYS = {"data.task": "null", "warmup.allow_real_model": "false", "reward.kind": "auto",
             "reward.answer_rule": "marker", "reward.require_single_marker": "false",
-            "router.soft_noise": "none", "router.soft_noise_scale": "1.0", "eval.router": "learned"}
+            "router.soft_noise": "none", "router.soft_noise_scale": "1.0", "eval.router": "learned",
+            # off: training is bit-identical to before these keys existed
+            "train.dynamic_sampling": "false", "train.dynamic_sampling_max_rounds": "2", "reward.function": "null",
+            "reward.overlong": "none", "reward.overlong_buffer": "0"}
 
 
 def problems(overrides, path=PARAMS) -> list[str]:
