@@ -109,6 +109,8 @@ def config_show(
     path: Annotated[Path, typer.Argument(help="Params file to load.")] = DEFAULT_PARAMS,
     sets: SetOption = None,
     model: ModelOption = None,
+    explain: Annotated[bool, typer.Option("--explain", "-e",
+                                          help="Put each key's help text above it, as a comment.")] = False,
 ) -> None:
     """Print the resolved config as YAML, each value commented with its source (recipe NAME / params / --set)."""
     from tarpo.config import model_facts, recipe_for
@@ -120,7 +122,7 @@ def config_show(
     size = f"{facts['parameters'] / 1e9:.3g}B parameters" if facts.get("parameters") else "size unknown"
     typer.echo(f"# model {facts['name']}: vocabulary {facts.get('vocab_size') or '?'}, context "
                f"{facts.get('context_length') or '?'} tokens, {size}\n# recipe {recipe.name}: {recipe.source}")
-    typer.echo(dump_yaml(cfg, sources), nl=False)
+    typer.echo(dump_yaml(cfg, sources, explain=explain), nl=False)
 
 
 # ---------------------------------------------------------------------------------------- models

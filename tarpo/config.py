@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 import types
 import typing
 import warnings
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Iterator, Literal, Optional, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -535,39 +536,47 @@ def _bounds(metadata: list) -> str:
     return f" ({', '.join(found)})" if found else ""
 
 
+def leaf_fields(model: type[BaseModel] = TarpoConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, pydantic FieldInfo) for every params.yaml leaf, in schema order."""
+    for name, field in model.model_fields.items():
+        sub = _submodel(field.annotation)
+        if sub is not None:
+            yield from leaf_fields(sub, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", field
+
+
 def params_table_markdown() -> str:
     """Markdown table of every params.yaml key: type, default, description (README; never hand-edited)."""
     rows = ["| key | type | default | description |", "|---|---|---|---|"]
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, field in model.model_fields.items():
-            sub = _submodel(field.annotation)
-            if sub is not None:
-                walk(sub, f"{prefix}{name}.")
-                continue
-            default = field.get_default(call_default_factory=True)
-            shown = "null" if default is None else default if isinstance(default, str) else json.dumps(default)
-            rows.append(f"| `{prefix}{name}` | {_type_name(field.annotation)}{_bounds(field.metadata)} "
-                        f"| `{shown}` | {field.description} |")
-    walk(TarpoConfig, "")
+    for key, field in leaf_fields():
+        default = field.get_default(call_default_factory=True)
+        shown = "null" if default is None else default if isinstance(default, str) else json.dumps(default)
+        rows.append(f"| `{key}` | {_type_name(field.annotation)}{_bounds(field.metadata)} "
+                    f"| `{shown}` | {field.description} |")
     return "\n".join(rows) + "\n"
 
 
-def dump_yaml(cfg: TarpoConfig, sources: dict[str, str] | None = None) -> str:
+def dump_yaml(cfg: TarpoConfig, sources: dict[str, str] | None = None, *, explain: bool = False) -> str:
     """The config as YAML in schema order (what `config show` prints); with `sources`, each value is followed by
-    a comment naming where it came from (`# recipe qwen2.5-7b-gsm8k`). The output is itself valid params."""
-    if sources is None:
+    a comment naming where it came from (`# recipe qwen2.5-7b-gsm8k`); with `explain`, each value is preceded by
+    its help text as a comment. The output is itself valid params."""
+    help_text = {key: field.description for key, field in leaf_fields()} if explain else {}
+    if sources is None and not explain:
         return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
     lines: list[str] = []
 
     def walk(node: dict, prefix: str, indent: str) -> None:
         for key, value in node.items():
+            if help_text.get(prefix + key):  # a leaf, or a dict-valued leaf such as data.fields
+                lines.extend(f"{indent}# {part}" for part in textwrap.wrap(help_text[prefix + key], 100, break_on_hyphens=False, break_long_words=False))
             if isinstance(value, dict):
                 lines.append(f"{indent}{key}:")
                 walk(value, f"{prefix}{key}.", indent + "  ")
                 continue
             text = yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=True, width=1 << 20)
-            lines.append(f"{indent}{text.strip()[1:-1]}   # {sources.get(prefix + key, 'default')}")
+            source = f"   # {sources.get(prefix + key, 'default')}" if sources is not None else ""
+            lines.append(f"{indent}{text.strip()[1:-1]}{source}")
     walk(cfg.model_dump(mode="json"), "", "")
     return "\n".join(lines) + "\n"
 

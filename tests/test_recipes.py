@@ -242,3 +242,35 @@ def test_config_show_prints_paper_values_with_sources(monkeypatch):
     assert "  name: tarpo-qwen2.5-7b-gsm8k   # recipe qwen2.5-7b-gsm8k" in lines
     shown = yaml.safe_load(result.stdout)  # the comments leave valid params
     assert TarpoConfig.model_validate(shown).model.lora.rank == 32
+
+
+def test_config_show_explain_puts_each_keys_help_text_above_it(monkeypatch):
+    """`config show --explain`: every leaf key is preceded by its Field description (new keys included), and the
+    output still loads as the same params."""
+    import yaml
+    from typer.testing import CliRunner
+
+    import cli
+    from tarpo.config import leaf_fields
+
+    monkeypatch.chdir(ROOT)
+    plain = CliRunner().invoke(cli.app, ["config", "show"])
+    result = CliRunner().invoke(cli.app, ["config", "show", "--explain"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    help_above, section, comments = {}, "", []
+    for line in lines:
+        if line.strip().startswith("#"):
+            comments.append(line.strip()[2:])
+            continue
+        if not line.startswith(" "):
+            section = line.rstrip(":")
+        elif comments:
+            help_above[f"{section}.{line.split(':')[0].strip()}"] = " ".join(comments)
+        comments = []
+    descriptions = {key: " ".join(field.description.split()) for key, field in leaf_fields()}
+    for key in ("train.dynamic_sampling", "reward.overlong", "reward.function", "router.soft_noise", "eval.router"):
+        assert help_above[key] == descriptions[key], key
+    top_level = {key: text for key, text in descriptions.items() if key.count(".") == 1}
+    assert {key: help_above.get(key) for key in top_level} == top_level
+    assert yaml.safe_load(result.stdout) == yaml.safe_load(plain.stdout)
