@@ -14,13 +14,14 @@
 #             `dvc exp run` with a short profile (SHORT_SETS), `dvc repro` (up to date after it), then the uid
 #             check on everything the run wrote.
 #
-# Usage: scripts/docker_build_and_run.sh [--dry-run]     (--dry-run prints the commands and runs none)
+# Usage: scripts/docker_build_and_run.sh [--dry-run]   (--dry-run prints every phase's commands, as if nothing
+#        existed yet, and runs none)
 # Environment (defaults in brackets):
 #   ENGINE [podman]   BASE_IMAGE [localhost/tarpo-base:bookworm]   IMAGE [localhost/tarpo:local]
 #   WHEELS [/opt/wheels if it holds torch-*.whl, else empty = PyPI]   WORK [/tmp/tarpo-docker]
 #   RUN_UID [your uid; 1234 when run as root, made as user tarpo-run if missing]   RUN_GID [= RUN_UID's group]
 #   CA_CERT [$PIP_CERT, else $SSL_CERT_FILE, else none]: CA bundle for pip inside the build
-#   MIRROR [http://deb.debian.org/debian]   SUITE [bookworm]   SHORT_SETS [see below]
+#   MIRROR [http://deb.debian.org/debian]   SUITE [bookworm]   SHORT_SETS [all five stages in a few minutes: see the script]
 #   ENGINE_OPTS [--runtime runc when runc is installed]   CONTAINER_OPTS [--ulimit nofile=<hard>:<hard> --ulimit nproc=32768:32768]
 # Exit codes: 0 ok, 1 a phase failed, 2 a missing tool or bad setting (one line saying which).
 set -euo pipefail
@@ -62,7 +63,9 @@ if [[ -z "${ENGINE_OPTS+set}" ]]; then
     ENGINE_OPTS=""
     command -v runc >/dev/null && ENGINE_OPTS="--runtime runc"
 fi
-CONTAINER_OPTS="${CONTAINER_OPTS---ulimit nofile=$(ulimit -Hn):$(ulimit -Hn) --ulimit nproc=32768:32768}"
+NOFILE="$(ulimit -Hn)"
+[[ "$NOFILE" == unlimited ]] && NOFILE=1048576
+CONTAINER_OPTS="${CONTAINER_OPTS---ulimit nofile=$NOFILE:$NOFILE --ulimit nproc=32768:32768}"
 read -r -a ENGINE_ARGS <<<"$ENGINE_OPTS"
 read -r -a CONTAINER_ARGS <<<"$CONTAINER_OPTS"
 # The short profile: every stage runs for real (prepare, warm-up, TARPO, evaluate, register), in minutes.
