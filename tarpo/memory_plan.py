@@ -102,8 +102,8 @@ class MemoryPlan:
             total = getattr(self, phase)
             detail = ", ".join(f"{k} {v / GIB:.2f}" for k, v in self.parts[phase].items())
             out.append(f"  {phase:7s} peak {total / GIB:7.2f} GiB  = {detail}")
-        out.append(f"  peak    {self.peak / GIB:7.2f} GiB (estimate; the GPU check found it within 20 % of "
-                   "torch.cuda.max_memory_allocated when measured, see bench/README.md)")
+        out.append(f"  peak    {self.peak / GIB:7.2f} GiB (estimate: within 15 % of torch's allocator peak on CPU "
+                   "steps; bench/gpu_recipe.py compares it with torch.cuda.max_memory_allocated)")
         return out
 
 
