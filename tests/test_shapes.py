@@ -64,6 +64,8 @@ def test_tiny_shape_loads_random_weights_on_the_device_and_trains_a_step(tmp_pat
     again, _ = load_model_and_tokenizer(resolved, dtype=torch.bfloat16, device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))  # seeded
     other = make_shape("tiny-shape", tmp_path / "shape4", seed=4)
+    differs, _ = load_model_and_tokenizer(resolve_model(None, other), dtype=torch.bfloat16, device="cpu")
+    assert not torch.equal(model.get_input_embeddings().weight, differs.get_input_embeddings().weight)
     assert weights_sha256(out).startswith("random:") and weights_sha256(out) != weights_sha256(other)
 
     model, tokenizer = load_model_and_tokenizer(resolved, dtype=torch.float32, device="cpu")
