@@ -163,6 +163,11 @@ def models_list() -> None:
     header = ("preset", "hub id", "architecture", "available", "source")
     rows = [(s.name, s.hub_id or "-", s.architecture, "yes" if s.available else "no", s.source or "-")
             for s in statuses]
+    _echo_table(header, rows)
+
+
+def _echo_table(header, rows) -> None:
+    """Left-aligned columns two spaces apart, header first."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         typer.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -191,10 +196,7 @@ def models_shapes() -> None:
 
     rows = shapes_table()
     header = list(rows[0])
-    cells = [[f"{r[k] / 1e9:.2f}B" if k == "parameters" else str(r[k]) for k in header] for r in rows]
-    widths = [max(len(str(c[i])) for c in [header, *cells]) for i in range(len(header))]
-    for row in [header, *cells]:
-        typer.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+    _echo_table(header, [[f"{r[k] / 1e9:.2f}B" if k == "parameters" else str(r[k]) for k in header] for r in rows])
 
 
 @models_app.command("make-shape")

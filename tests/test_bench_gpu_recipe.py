@@ -1,6 +1,5 @@
 """bench/gpu_recipe.py end to end on the CPU (tiny shape, same code path as the 7B GPU run), and its README section."""
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -9,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_bench_stats import load as _load  # bench/NAME.py as a module
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
