@@ -34,6 +34,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -473,6 +474,7 @@ def main(argv=None) -> int:
         guarded("generate", lambda: section_generate(ctx))
     result["meta"]["total_s"] = round(time.perf_counter() - started, 1)
     save()
+    shutil.rmtree(scratch, ignore_errors=True)  # the children's workspaces (data, checkpoints, adapters)
     keys = ("step_seconds", "peak_memory_gib", "rollout_tokens_per_s", "tarpo_over_hard")
     print(json.dumps({k: result.get(k) for k in keys}, indent=1))
     print(f"wrote {out} ({result['meta']['total_s']} s, {len(result['errors'])} failed, "

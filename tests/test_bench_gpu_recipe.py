@@ -66,3 +66,11 @@ def test_kernel_kinds_and_hash_reward():
 def test_readme_section_says_not_measured_without_a_gpu_file(tmp_path):
     report = _load("report")
     assert "not measured yet" in "\n".join(report.gpu_recipe_lines(tmp_path))
+
+
+def test_a_missing_shape_directory_stops_with_the_command_that_makes_it(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_recipe.py"), "--model", str(tmp_path / "none"),
+                           "--out", str(tmp_path / "r.json")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "models make-shape qwen2.5-7b" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r.json").exists()
