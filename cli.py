@@ -125,10 +125,10 @@ def plan(
     sets: SetOption = None,
     model: ModelOption = None,
     device: Annotated[Optional[str], typer.Option(
-        "--device", help="cuda or cpu [default: cuda if this machine has one, else cpu]: sets the weights' dtype "
+        "--device", help="cuda or cpu (unset: cuda if this machine has one, else cpu); sets the weights' dtype "
                          "(model.dtype auto) and the attention kernel counted.")] = None,
     processes: Annotated[Optional[int], typer.Option(
-        "--processes", min=1, help="Training processes [default: train.num_processes].")] = None,
+        "--processes", min=1, help="Training processes (unset: train.num_processes).")] = None,
 ) -> None:
     """Estimated peak memory per process of the rollout and the update of one training step (nothing loaded)."""
     from tarpo.memory_plan import plan_for_config
@@ -204,8 +204,8 @@ def models_make_shape(
     name: Annotated[str, typer.Argument(help="Shape name, see `models shapes` (e.g. qwen2.5-7b).")],
     out: Annotated[Path, typer.Argument(help="Directory to write (usable as --model DIR).")],
     tokenizer: Annotated[Optional[str], typer.Option(
-        "--tokenizer", help="Preset, HF directory or .gguf to take the tokenizer from [default: the shape's own, "
-                            "e.g. qwen2.5-coder-0.5b for Qwen2.5].")] = None,
+        "--tokenizer", help="Preset, HF directory or .gguf to take the tokenizer from (unset: the shape's own, "
+                            "e.g. qwen2.5-coder-0.5b for Qwen2.5).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random weights built when the directory is loaded.")] = 0,
 ) -> None:
     """Write an architecture-only model dir: published config + real tokenizer, RANDOM weights built on load
