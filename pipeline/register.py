@@ -95,6 +95,9 @@ def trained_base(trained_dir: str | Path) -> tuple[str | None, bool]:
     from tarpo.model_info import weights_sha256
 
     base = _read_json(Path(trained_dir) / paths.TRAINED_BASE, "train").get("base") or {}
+    if any(str(b.get("weights_sha256", "")).startswith("random:") for b in (base, base.get("made_from") or {})):
+        raise RegisterError(f"{trained_dir} was trained from {base.get('path')}, a `models make-shape` directory "
+                            "with RANDOM weights (benchmarks only): not registered; train a real model to register")
     if not base.get("from_warmup"):
         return base.get("path"), base.get("preset") == "tiny"
     if not Path(base["path"]).is_dir() or weights_sha256(base["path"]) != base.get("weights_sha256"):

@@ -103,7 +103,12 @@ def weights_sha256(path: str | Path, gguf_file: str | None = None) -> str:
 
     Above 2 GiB in total only 1 MiB every 64 MiB (plus each file's last MiB) is hashed, marked by the prefix
     `sampled:`: a 7B model is fingerprinted in a second, and two different trainings never share those bytes.
+    A shape directory (random weights built on load) is `random:` + a hash of its config and seed.
     """
+    from tarpo.shapes import is_random_shape, random_fingerprint
+
+    if not gguf_file and is_random_shape(path):  # a `models make-shape` dir: seeded random weights, none on disk
+        return random_fingerprint(path)
     files = weight_files(path, gguf_file)
     if not files:
         raise ModelNotAvailable(f"{path}: no weight files (*.safetensors, *.bin or .gguf) to fingerprint")

@@ -426,9 +426,14 @@ def load_model_and_tokenizer(resolved: ResolvedModel, dtype: torch.dtype = torch
     """(model, tokenizer) in eval mode; left padding with a pad token set; GGUF models made saveable."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tarpo.shapes import build_random_model, is_random_shape
+
     extra = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(str(resolved.path), **extra)
-    model = AutoModelForCausalLM.from_pretrained(str(resolved.path), dtype=dtype, **extra)
+    if not resolved.gguf_file and is_random_shape(resolved.path):  # `models make-shape`: no weights to read
+        model = build_random_model(resolved.path, dtype, device)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(resolved.path), dtype=dtype, **extra)
     if resolved.gguf_file:
         make_saveable(model)
     tokenizer.padding_side = "left"

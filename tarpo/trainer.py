@@ -349,6 +349,7 @@ class TarpoTrainer:
                           max_new_tokens=self.rollout_settings.max_new_tokens,
                           micro_batches=len(chunks) * acc.num_processes)
         stats, entropy, router_entropy, finite = [], [], [], True
+        backward_started = self._clock()
         for index, chunk in enumerate(chunks):
             # no gradient sync before the last micro-batch; its context must cover forward and backward
             sync = functools.partial(sharding.micro_batch, acc, self.module, index == len(chunks) - 1)
@@ -374,6 +375,8 @@ class TarpoTrainer:
             entropy.append((float(out.token_entropy[mask].sum()), float(mask.sum())))
             decided = part.decision_mask & mask
             router_entropy.append((float(out.router_entropy[decided].sum()), float(decided.sum())))
+        forward_backward_seconds = self._clock() - backward_started
+        optimizer_started = self._clock()
         grad_norm = acc.clip_grad_norm_([p for p in self.policy.parameters() if p.requires_grad], s.max_grad_norm)
         norm_known = grad_norm is not None  # DeepSpeed reports None when it computed no norm
         grad_norm = sharding.scalar(grad_norm) if norm_known else float("nan")
@@ -390,15 +393,37 @@ class TarpoTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         metrics = merge_stats(stats + [{"token_entropy": _sum(entropy), "router_entropy": _sum(router_entropy)}])
         metrics["grad_norm"] = float(grad_norm)
+        metrics["forward_backward_seconds"] = forward_backward_seconds
+        metrics["optimizer_seconds"] = self._clock() - optimizer_started  # clip + step (+ the finiteness check)
         return metrics
+
+    def _clock(self) -> float:
+        """perf_counter after the device's queued work: per-phase seconds on CUDA are otherwise wrong."""
+        import time
+
+        if self.policy.device.type == "cuda":
+            torch.cuda.synchronize(self.policy.device)
+        return time.perf_counter()
+
+    def _reset_peak_memory(self) -> None:
+        if self.policy.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.policy.device)
+
+    def _peak_memory(self) -> dict[str, float]:
+        """{peak_memory_gib: the allocator's high-water mark since the step began} on CUDA; nothing elsewhere."""
+        if self.policy.device.type != "cuda":
+            return {}
+        return {"peak_memory_gib": torch.cuda.max_memory_allocated(self.policy.device) / 2**30}
 
     def train_step(self) -> StepOutcome:
         import time
 
-        started = time.perf_counter()
+        self._reset_peak_memory()
+        started = self._clock()
         prompts, answers = self._local_batch()
         batch = self._rollout(prompts)
-        rollout_seconds = time.perf_counter() - started
+        rollout_seconds = self._clock() - started
+        metrics_rollout_peak = self._peak_memory().get("peak_memory_gib")
         texts = [completion_text(self.tokenizer, batch, i) for i in range(batch.num_rows)]
         records = self._local_records()
         rewards = self._score(texts, answers, batch, records)
@@ -420,7 +445,9 @@ class TarpoTrainer:
         if self.settings.overlong == "filter":
             loss_rows = ~truncated_rows(batch.stop_reason).to(batch.completion_mask.device)
         mb = self.settings.micro_batch_size
+        reference_started = self._clock()
         ref = self._reference_logprobs(batch, [slice(i, i + mb) for i in range(0, batch.num_rows, mb)])
+        reference_seconds = self._clock() - reference_started
         update_started = time.perf_counter()
         skipped = False
         for iteration in range(self.settings.num_iterations):
@@ -431,8 +458,11 @@ class TarpoTrainer:
             metrics.update(result)
         metrics.update(self._rollout_metrics(batch))
         metrics.update(lr=self.scheduler.get_last_lr()[0], rollout_seconds=rollout_seconds,
-                       update_seconds=time.perf_counter() - update_started,
+                       reference_seconds=reference_seconds, update_seconds=time.perf_counter() - update_started,
                        step_seconds=time.perf_counter() - started, skipped=float(skipped))
+        metrics.update(self._peak_memory())
+        if metrics_rollout_peak is not None:
+            metrics["rollout_peak_memory_gib"] = metrics_rollout_peak
         metrics["tokens_per_second"] = metrics["completion_tokens"] * self.accelerator.num_processes / max(rollout_seconds, 1e-9)
         self._count_nonfinite(skipped)
         self.state.step += 1
