@@ -247,6 +247,8 @@ class Study:
 
     # ------------------------------------------------------------------ all
     def run(self) -> dict:
+        from pipeline.study_diagnostics import diagnose, problem_hops
+        from tarpo.study_breakdown import hops_figure, router_figure
         from tarpo.study_report import build_report, curves_figure, report_markdown, scores_figure
         from tarpo.plots import save_png
 
@@ -273,16 +275,33 @@ class Study:
                             "rollout.group_size": self.cfg.rollout.group_size,
                             "rollout.prompts_per_step": self.cfg.rollout.prompts_per_step,
                             "data.synthetic.level": self.cfg.data.synthetic.level,
+                            "data.source": self.cfg.data.source,
                             "runtime.threads": self.cfg.runtime.threads},
                 "eval_set": {**eval_set, "num_samples": self.cfg.eval.num_samples}}
-        report = build_report(runs, warmup, warmup_summary=warmup_summary, meta=meta)
+        self.log(f"study {self.name}: router diagnostics and per-hop breakdowns")
+        diagnostics = diagnose(self, records, runs, eval_set)
+        report = build_report(runs, warmup, warmup_summary=warmup_summary, meta=meta, hops=problem_hops(records),
+                              diagnostics=diagnostics)
         write_json_atomic(self.root / "study.json", report)
         write_text_atomic(self.root / "study.md", f"# Study `{self.name}`\n\nCommand: `{self.command}`\n\n"
-                          + report_markdown(report))
+                          + report_markdown(report) + _figure_links(report))
         save_png(scores_figure(report), self.root / "scores.png")
         save_png(curves_figure(report), self.root / "curves.png")
+        if report.get("by_hops"):
+            save_png(hops_figure(report), self.root / "hops.png")
+        if report.get("router"):
+            save_png(router_figure({"TARPO (mean over seeds)": report["router"]}, report.get("start_router")),
+                     self.root / "router.png")
         self.log(f"study {self.name}: report in {self.root}/study.md ({report['wall_seconds'] / 60:.1f} min)")
         return report
+
+
+def _figure_links(report: dict) -> str:
+    """Links to the figures study.md sits beside (the breakdown figures only when the report has them)."""
+    figures = [("scores.png", "held-out avg@k per mode"), ("curves.png", "training curves")]
+    figures += [("hops.png", "accuracy and soft share per hop count")] * bool(report.get("by_hops"))
+    figures += [("router.png", "router diagnostics: p_soft against entropy and position")] * bool(report.get("router"))
+    return "\n" + "\n".join(f"![{what}]({name})" for name, what in figures) + "\n"
 
 
 def _curves(run_dir: Path) -> dict:
@@ -317,7 +336,9 @@ def _same_as_study_run(root: Path, metrics: dict, seed) -> str:
 
 STUDY_TITLES = {"embedded": "the embedded default (`tiny`, synthetic sums of 1-2 operations)",
                 "level2": "synthetic level 2 (2-3 operations, operands up to 18: longer chains whose intermediate "
-                          "values the tiny model is less sure of)"}
+                          "values the tiny model is less sure of)",
+                "graph": "graph reachability (`tiny`, `data.task: graph`: which of two names is reachable from the "
+                         "root, 3-6 hops; tarpo/graph.py)"}
 
 
 def _repro_timing(root: Path) -> str:
