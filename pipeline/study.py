@@ -266,6 +266,8 @@ class Study:
             for i, (mode, seed) in enumerate(grid, 1):
                 self.log(f"study {self.name}: run {i}/{len(grid)}: {mode}-s{seed}")
                 runs.append(self.run_one(mode, seed, *args))
+        self.log(f"study {self.name}: router diagnostics and per-hop breakdowns")
+        diagnostics = diagnose(self, records, runs, eval_set)
         meta = {"name": self.name, "command": self.command, "machine": machine(),
                 "wall_seconds": time.perf_counter() - started,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -278,8 +280,6 @@ class Study:
                             "data.source": self.cfg.data.source,
                             "runtime.threads": self.cfg.runtime.threads},
                 "eval_set": {**eval_set, "num_samples": self.cfg.eval.num_samples}}
-        self.log(f"study {self.name}: router diagnostics and per-hop breakdowns")
-        diagnostics = diagnose(self, records, runs, eval_set)
         report = build_report(runs, warmup, warmup_summary=warmup_summary, meta=meta, hops=problem_hops(records),
                               diagnostics=diagnostics)
         write_json_atomic(self.root / "study.json", report)
@@ -386,21 +386,36 @@ def readme_results(root: str | Path = ".") -> str:
                   "", report_markdown(report).rstrip(), "",
                   f"![Held-out avg@k per mode and paired differences]({path.parent.relative_to(root)}/scores.png)",
                   f"![Reward, soft ratio and held-out curves per run]({path.parent.relative_to(root)}/curves.png)", ""]
-    tuning = root / "studies" / "embedded" / "tuning.json"
-    if tuning.is_file():
+    tunings = sorted((root / "studies").glob("*/tuning.json"), key=lambda p: (p.parent.name != "embedded", p))
+    for tuning in tunings:
         t = json.loads(tuning.read_text())
-        lines += ["### How the embedded default was chosen", ""]
+        what = "the embedded default" if tuning.parent.name == "embedded" else f"the `{tuning.parent.name}` recipe"
+        lines += [f"### How {what} was chosen", ""]
         for part in t.get("rounds", [t]):  # one round per retune, oldest first
-            lines += [f"**{part['title']}**. " * bool(part.get("title")) + part["note"], "", f"`{part['command']}`", "",
-                      "| tuning run | train s | warm-up -> trained avg@k | Δ ± paired stderr | soft ratio |",
-                      "|---|---|---|---|---|"]
-            lines += [f"| {r['what']} | {r['train_seconds']:.0f} | {r['warmup_avg_at_k']:.3f} -> "
-                      f"{r['tarpo_avg_at_k']:.3f} | {r['improvement']:+.3f} ± {r['improvement_stderr']:.3f} | "
-                      f"{r['soft_ratio']:.4f} |" for r in part["runs"]]
-            lines.append("")
+            lines += [f"**{part['title']}**. " * bool(part.get("title")) + part["note"], "", f"`{part['command']}`", ""]
+            lines += _warmup_probe_lines(part.get("warmup_probes", []))
+            if part.get("runs"):
+                lines += ["| tuning run | train s | warm-up -> trained avg@k | Δ ± paired stderr | soft ratio |",
+                          "|---|---|---|---|---|"]
+                lines += [f"| {r['what']} | {r['train_seconds']:.0f} | {r['warmup_avg_at_k']:.3f} -> "
+                          f"{r['tarpo_avg_at_k']:.3f} | {r['improvement']:+.3f} ± {r['improvement_stderr']:.3f} | "
+                          f"{r['soft_ratio']:.4f} |" for r in part["runs"]]
+                lines.append("")
     if not lines:
         lines = ["No study has been committed yet: run `python cli.py study` and commit `studies/<name>/`.", ""]
     return "\n".join(lines)
+
+
+def _warmup_probe_lines(probes: list[dict]) -> list[str]:
+    """A tuning round's warm-up probes: settings, seconds, the warm-up model's held-out avg@k (and per hop count)."""
+    if not probes:
+        return []
+    lines = ["| warm-up probe | warm-up s | held-out avg@k | greedy | avg@k per hop count |", "|---|---|---|---|---|"]
+    for p in probes:
+        hops = ", ".join(f"{h}: {v:.3f}" for h, v in (p.get("by_hops") or {}).items())
+        lines.append(f"| {p['what']} | {p['warmup_seconds']:.0f} | {p['warmup_avg_at_k']:.3f} | "
+                     f"{p.get('greedy', float('nan')):.3f} | {hops or '-'} |")
+    return lines + [""]
 
 
 def _prepare_tracking_store(tracking_cfg) -> None:

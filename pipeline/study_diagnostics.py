@@ -46,15 +46,18 @@ def _decisions(cfg, records, *, base, trained_dir, models_dir) -> dict:
 
 
 def router_summary(cfg, records, *, base, trained_dir, models_dir, cache: Path, key: str) -> dict:
-    """tarpo.router_diagnostics.summarize_decisions of one model, cached in `cache` under `key` (+ hop shares of
-    the sampled decisions)."""
+    """tarpo.router_diagnostics.summarize_decisions of one model (+ mean p_soft per hop count). The sampled
+    decisions are cached in `cache` under `key`, beside their summary; the summary is recomputed from them, so a
+    change of the bins needs no new rollout."""
     from tarpo.router_diagnostics import summarize_decisions
 
+    decisions = None
     if cache.is_file():
         stored = json.loads(cache.read_text())
         if stored.get("key") == key and stored.get("version") == DIAGNOSTICS_VERSION:
-            return stored["summary"]
-    decisions = _decisions(cfg, records, base=base, trained_dir=trained_dir, models_dir=models_dir)
+            decisions = stored["decisions"]
+    if decisions is None:
+        decisions = _decisions(cfg, records, base=base, trained_dir=trained_dir, models_dir=models_dir)
     summary = summarize_decisions(decisions)
     hops = problem_hops(records)
     if hops is not None:
@@ -64,7 +67,7 @@ def router_summary(cfg, records, *, base, trained_dir, models_dir, cache: Path, 
             mine = [p for r, p in zip(decisions["row"], decisions["p_soft"]) if r in rows]
             by_hops[str(h)] = sum(mine) / len(mine) if mine else None
         summary["p_soft_by_hops"] = by_hops
-    write_json_atomic(cache, {"key": key, "version": DIAGNOSTICS_VERSION, "summary": summary})
+    write_json_atomic(cache, {"key": key, "version": DIAGNOSTICS_VERSION, "summary": summary, "decisions": decisions})
     return summary
 
 

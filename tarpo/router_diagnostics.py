@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-ENTROPY_EDGES = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, math.inf)   # nats; most steps of a warm model sit near 0
+ENTROPY_EDGES = (0.0, 0.01, 0.1, 0.5, 1.0, 1.5, 2.0, 2.5, math.inf)   # nats: template tokens sit near 0, names above 1
 POSITION_EDGES = (0, 4, 8, 12, 16, 20, 24, 28, math.inf)      # completion step t
 
 
@@ -118,9 +118,28 @@ def group_shares(groups: Sequence, rows: Sequence[Mapping]) -> dict[str, dict]:
     return out
 
 
-def moved(trained: Mapping, start: Mapping, tolerance: float = 0.01) -> bool:
-    """Did the router move? Some entropy bin's mean p_soft differs from the start router's by more than
-    `tolerance` (absolute), on bins both have."""
-    pairs = [(a["mean"], b["mean"]) for a, b in zip(trained["by_entropy"], start["by_entropy"])
-             if a["mean"] is not None and b["mean"] is not None]
-    return any(abs(a - b) > tolerance for a, b in pairs)
+MIN_BIN_DECISIONS = 20   # bins with fewer decisions (in either model) are too noisy to compare
+
+
+def router_change(trained: Mapping, start: Mapping, tolerance: float = 0.1) -> dict:
+    """How the trained router's p_soft per entropy bin compares with the start router's (ratios trained / start, on
+    bins with at least MIN_BIN_DECISIONS decisions in both), and a verdict:
+    `unchanged` (every ratio within 1 +- tolerance), `uniform` (all ratios within a factor 1 + tolerance of each other:
+    only the bias moved, not where the router goes soft), `shaped` (otherwise), `no data` (no comparable bin).
+
+    >>> bins = lambda *ps: {"by_entropy": [{"count": 50, "mean": p} for p in ps]}
+    >>> [router_change(bins(*t), bins(0.01, 0.01))["verdict"] for t in ((0.0105, 0.0098), (0.02, 0.021), (0.01, 0.03))]
+    ['unchanged', 'uniform', 'shaped']
+    """
+    ratios = [a["mean"] / b["mean"] for a, b in zip(trained["by_entropy"], start["by_entropy"])
+              if min(a["count"], b["count"]) >= MIN_BIN_DECISIONS and a["mean"] is not None and b["mean"]]
+    if not ratios:
+        return {"verdict": "no data", "ratios": []}
+    if all(abs(r - 1.0) <= tolerance for r in ratios):
+        verdict = "unchanged"
+    elif max(ratios) <= (1.0 + tolerance) * min(ratios):
+        verdict = "uniform"
+    else:
+        verdict = "shaped"
+    return {"verdict": verdict, "ratios": ratios, "min_ratio": min(ratios), "max_ratio": max(ratios),
+            "tolerance": tolerance}

@@ -128,13 +128,26 @@ def breakdown_markdown(report: Mapping) -> list[str]:
         for a, b in zip(router["by_position"], start["by_position"]):
             lines.append(f"| {_bin_label(a)} | {a['count']} | {'-' if a['mean'] is None else format(a['mean'], '.4f')} | "
                          f"{'-' if b['mean'] is None else format(b['mean'], '.4f')} |")
-        verdict = report.get("router_moved")
-        if verdict is not None:
-            lines += ["", "- The learned router " + ("moved away from the start router (some entropy bin's mean p_soft "
-                                                    "differs by more than 0.01)." if verdict else
-                                                    "did NOT move: every entropy bin's mean p_soft is within 0.01 of "
-                                                    "the start router's, i.e. it learned nothing measurable here.")]
+        change = report.get("router_change")
+        if change:
+            lines += ["", "- " + _change_line(change)]
     return lines
+
+
+def _change_line(change: Mapping) -> str:
+    tol = f"{100 * change.get('tolerance', 0.1):.0f} %"
+    if change["verdict"] == "unchanged":
+        return (f"The learned router did NOT move: in every entropy bin its mean p_soft is within {tol} of the start "
+                "router's; it learned nothing measurable here.")
+    if change["verdict"] == "uniform":
+        return (f"The learned router moved only uniformly: its p_soft is x{change['min_ratio']:.2f}-"
+                f"x{change['max_ratio']:.2f} of the start router's in every entropy bin (within {tol} of each other): "
+                "its bias changed, not where it goes soft.")
+    if change["verdict"] == "shaped":
+        return (f"The learned router moved unevenly: its p_soft is x{change['min_ratio']:.2f} to "
+                f"x{change['max_ratio']:.2f} of the start router's across entropy bins: it goes soft more in some "
+                "places than others (tables above).")
+    return "Too few decisions per entropy bin to compare the learned router with the start router."
 
 
 # --------------------------------------------------------------------------------------- figures

@@ -75,7 +75,7 @@ def build_report(runs: Sequence[dict], warmup: Sequence[float], *, warmup_summar
 
 
 def _breakdowns(runs, warmup, modes, hops, diagnostics: Mapping) -> dict:
-    from tarpo.router_diagnostics import moved
+    from tarpo.router_diagnostics import router_change
     from tarpo.study_breakdown import hop_breakdown, length_summary, router_summary_over_seeds
 
     out = {key: diagnostics[key] for key in ("start_router", "warmup_lengths", "warmup_by_hops") if key in diagnostics}
@@ -88,7 +88,7 @@ def _breakdowns(runs, warmup, modes, hops, diagnostics: Mapping) -> dict:
     if router:
         out["router"] = router
         if diagnostics.get("start_router"):
-            out["router_moved"] = moved(router, diagnostics["start_router"])
+            out["router_change"] = router_change(router, diagnostics["start_router"])
     return out
 
 

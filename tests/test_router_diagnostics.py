@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tarpo.router_diagnostics import (ENTROPY_EDGES, binned_means, collect_decisions, group_shares, moved, pearson,
+from tarpo.router_diagnostics import (ENTROPY_EDGES, binned_means, collect_decisions, group_shares, pearson, router_change,
                                       summarize_decisions)
 
 
@@ -36,16 +36,29 @@ def test_group_shares_by_hand():
         group_shares([3], rows)
 
 
-def test_summary_and_moved_verdict():
+def test_summary_by_hand():
     decisions = {"p_soft": [0.1, 0.3, 0.5], "entropy": [0.0, 0.05, 2.0], "position": [0, 5, 30], "soft": [0, 1, 1]}
     summary = summarize_decisions(decisions)
     assert summary["p_soft_mean"] == pytest.approx(0.3) and summary["soft_share"] == pytest.approx(2 / 3)
     by_entropy = {(b["low"], b["count"]): b["mean"] for b in summary["by_entropy"] if b["count"]}
-    assert by_entropy == {(0.0, 1): 0.1, (0.03, 1): 0.3, (1.0, 1): 0.5}
+    assert by_entropy == {(0.0, 1): 0.1, (0.01, 1): 0.3, (2.0, 1): 0.5}
     assert len(summary["by_entropy"]) == len(ENTROPY_EDGES) - 1
-    shifted = summarize_decisions({**decisions, "p_soft": [p + 0.02 for p in decisions["p_soft"]]})
-    nudged = summarize_decisions({**decisions, "p_soft": [p + 0.005 for p in decisions["p_soft"]]})
-    assert moved(shifted, summary) and not moved(nudged, summary)
+
+
+def _bins(*means, count=50):
+    return {"by_entropy": [{"count": count, "mean": m} for m in means]}
+
+
+def test_router_change_verdicts():
+    start = _bins(0.01, 0.01, 0.01)
+    assert router_change(_bins(0.0105, 0.0095, 0.01), start)["verdict"] == "unchanged"
+    lowered = router_change(_bins(0.007, 0.0072, 0.0069), start)   # the bias moved, the shape did not
+    assert lowered["verdict"] == "uniform" and lowered["min_ratio"] == pytest.approx(0.69)
+    raised = router_change(_bins(0.02, 0.0205, 0.021), start)
+    assert raised["verdict"] == "uniform"
+    shaped = router_change(_bins(0.01, 0.01, 0.05), start)         # soft where the entropy is high only
+    assert shaped["verdict"] == "shaped" and shaped["max_ratio"] == pytest.approx(5.0)
+    assert router_change(_bins(0.01, 0.01, 0.05, count=5), start)["verdict"] == "no data"  # too few decisions
 
 
 def _tiny_policy(init_bias):

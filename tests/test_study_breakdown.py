@@ -11,8 +11,10 @@ PER_PROBLEM = {("tarpo", 1): [1.0, 0.5, 0.5, 0.0], ("tarpo", 2): [0.5, 0.5, 0.25
                ("hard", 1): [0.5, 0.5, 0.0, 0.0], ("hard", 2): [0.5, 0.0, 0.25, 0.25]}
 
 
-def _decisions(p):
-    return summarize_decisions({"p_soft": p, "entropy": [0.0, 0.05, 2.0], "position": [0, 5, 9], "soft": [0, 1, 0]})
+def _decisions(p, repeat=20):
+    """p_soft at entropies 0.0, 0.05 and 2.0 (three bins), each decision repeated so every bin is comparable."""
+    return summarize_decisions({"p_soft": list(p) * repeat, "entropy": [0.0, 0.05, 2.0] * repeat,
+                                "position": [0, 5, 9] * repeat, "soft": [0, 1, 0] * repeat})
 
 
 def _runs():
@@ -56,15 +58,18 @@ def test_lengths_and_router_over_seeds_by_hand():
     router = report["router"]
     assert router["seeds"] == 2 and router["p_soft_mean"]["mean"] == pytest.approx((0.2 + 0.7 / 3) / 2)
     first_bin = router["by_entropy"][0]
-    assert first_bin["mean"] == pytest.approx(0.15) and first_bin["count"] == 2
-    assert report["router_moved"] is True  # seed 2 puts 0.2 where the start router had 0.1: mean 0.15 vs 0.1
+    assert first_bin["mean"] == pytest.approx(0.15) and first_bin["count"] == 40
+    # seed 2 puts 0.2 where the start router had 0.1: bin means 0.15, 0.2, 0.3 vs 0.1, 0.2, 0.3 -> x1.5, x1, x1
+    assert report["router_change"]["verdict"] == "shaped"
+    assert report["router_change"]["ratios"] == pytest.approx([1.5, 1.0, 1.0])
 
 
 def test_a_router_that_did_not_move_is_called_so():
     report = _report(start_p=(0.15, 0.2, 0.3))
-    assert report["router_moved"] is False
-    text = report_markdown(report)
-    assert "did NOT move" in text
+    assert report["router_change"]["verdict"] == "unchanged"
+    assert "did NOT move" in report_markdown(report)
+    uniform = _report(start_p=(0.3, 0.4, 0.6))   # trained 0.15, 0.2, 0.3: half the start everywhere
+    assert "moved only uniformly: its p_soft is x0.50-x0.50" in report_markdown(uniform)
 
 
 def test_markdown_shows_the_breakdown_numbers():
@@ -74,7 +79,7 @@ def test_markdown_shows_the_breakdown_numbers():
     assert "| 4 | 2 | 0.250 |" in text and "+0.125 ± 0.125 / 0.125" in text
     assert "| warm-up (start router) | 9.00 | 8.00 | 0.0100 |" in text
     assert "| tarpo | 13.50 ± 0.50 | 11.00 ± 0.00 |" in text
-    assert "moved away from the start router" in text
+    assert "moved unevenly: its p_soft is x1.00 to x1.50" in text
 
 
 def test_reports_without_hops_or_diagnostics_are_unchanged():
