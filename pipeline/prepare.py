@@ -40,7 +40,8 @@ def build_splits(data_cfg):
              "train_split": data_cfg.hub_train_split, "eval_split": data_cfg.hub_eval_split},
         train_size=data_cfg.train_size, eval_size=data_cfg.eval_size,
         malformed=data_cfg.malformed, seed=data_cfg.seed, synthetic=_section(data_cfg.synthetic),
-        reasoning_gym_dataset=_section(data_cfg.reasoning_gym).get("dataset"))
+        reasoning_gym_dataset=_section(data_cfg.reasoning_gym).get("dataset"),
+        graph=_section(getattr(data_cfg, "graph", None)))
 
 
 def run_prepare(*, data_cfg, out_dir: str | Path = OUT_DIR,

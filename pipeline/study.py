@@ -260,6 +260,8 @@ class Study:
 
     # ------------------------------------------------------------------ all
     def run(self) -> dict:
+        from pipeline.study_diagnostics import diagnose, problem_hops
+        from tarpo.study_breakdown import hops_figure, router_figure
         from tarpo.study_report import build_report, curves_figure, report_markdown, scores_figure
         from tarpo.plots import save_png
 
@@ -282,6 +284,8 @@ class Study:
             for i, (mode, seed) in enumerate(grid, 1):
                 self.log(f"study {self.name}: run {i}/{len(grid)}: {mode}-s{seed}")
                 runs.append(self.run_one(mode, seed, *args))
+        self.log(f"study {self.name}: router diagnostics and per-hop breakdowns")
+        diagnostics = diagnose(self, records, runs, eval_set)
         meta = {"name": self.name, "command": self.command, "machine": machine(),
                 "wall_seconds": time.perf_counter() - started,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -291,16 +295,31 @@ class Study:
                             "rollout.group_size": self.cfg.rollout.group_size,
                             "rollout.prompts_per_step": self.cfg.rollout.prompts_per_step,
                             "data.synthetic.level": self.cfg.data.synthetic.level,
+                            "data.source": self.cfg.data.source,
                             "runtime.threads": self.cfg.runtime.threads},
                 "eval_set": {**eval_set, "num_samples": self.cfg.eval.num_samples}}
-        report = build_report(runs, warmup, warmup_summary=warmup_summary, meta=meta)
+        report = build_report(runs, warmup, warmup_summary=warmup_summary, meta=meta, hops=problem_hops(records),
+                              diagnostics=diagnostics)
         write_json_atomic(self.root / "study.json", report)
         write_text_atomic(self.root / "study.md", f"# Study `{self.name}`\n\nCommand: `{self.command}`\n\n"
-                          + report_markdown(report))
+                          + report_markdown(report) + _figure_links(report))
         save_png(scores_figure(report), self.root / "scores.png")
         save_png(curves_figure(report), self.root / "curves.png")
+        if report.get("by_hops"):
+            save_png(hops_figure(report), self.root / "hops.png")
+        if report.get("router"):
+            save_png(router_figure({"TARPO (mean over seeds)": report["router"]}, report.get("start_router")),
+                     self.root / "router.png")
         self.log(f"study {self.name}: report in {self.root}/study.md ({report['wall_seconds'] / 60:.1f} min)")
         return report
+
+
+def _figure_links(report: dict) -> str:
+    """Links to the figures study.md sits beside (the breakdown figures only when the report has them)."""
+    figures = [("scores.png", "held-out avg@k per mode"), ("curves.png", "training curves")]
+    figures += [("hops.png", "accuracy and soft share per hop count")] * bool(report.get("by_hops"))
+    figures += [("router.png", "router diagnostics: p_soft against entropy and position")] * bool(report.get("router"))
+    return "\n" + "\n".join(f"![{what}]({name})" for name, what in figures) + "\n"
 
 
 def _curves(run_dir: Path) -> dict:
@@ -335,7 +354,9 @@ def _same_as_study_run(root: Path, metrics: dict, seed) -> str:
 
 STUDY_TITLES = {"embedded": "the embedded default (`tiny`, synthetic sums of 1-2 operations)",
                 "level2": "synthetic level 2 (2-3 operations, operands up to 18: longer chains whose intermediate "
-                          "values the tiny model is less sure of)"}
+                          "values the tiny model is less sure of)",
+                "graph": "graph reachability (`tiny`, `data.task: graph`: which of two names is reachable from the "
+                         "root, 3-6 hops; tarpo/graph.py)"}
 
 
 def _repro_timing(root: Path) -> str:
@@ -383,21 +404,36 @@ def readme_results(root: str | Path = ".") -> str:
                   "", report_markdown(report).rstrip(), "",
                   f"![Held-out avg@k per mode and paired differences]({path.parent.relative_to(root)}/scores.png)",
                   f"![Reward, soft ratio and held-out curves per run]({path.parent.relative_to(root)}/curves.png)", ""]
-    tuning = root / "studies" / "embedded" / "tuning.json"
-    if tuning.is_file():
+    tunings = sorted((root / "studies").glob("*/tuning.json"), key=lambda p: (p.parent.name != "embedded", p))
+    for tuning in tunings:
         t = json.loads(tuning.read_text())
-        lines += ["### How the embedded default was chosen", ""]
+        what = "the embedded default" if tuning.parent.name == "embedded" else f"the `{tuning.parent.name}` recipe"
+        lines += [f"### How {what} was chosen", ""]
         for part in t.get("rounds", [t]):  # one round per retune, oldest first
-            lines += [f"**{part['title']}**. " * bool(part.get("title")) + part["note"], "", f"`{part['command']}`", "",
-                      "| tuning run | train s | warm-up -> trained avg@k | Δ ± paired stderr | soft ratio |",
-                      "|---|---|---|---|---|"]
-            lines += [f"| {r['what']} | {r['train_seconds']:.0f} | {r['warmup_avg_at_k']:.3f} -> "
-                      f"{r['tarpo_avg_at_k']:.3f} | {r['improvement']:+.3f} ± {r['improvement_stderr']:.3f} | "
-                      f"{r['soft_ratio']:.4f} |" for r in part["runs"]]
-            lines.append("")
+            lines += [f"**{part['title']}**. " * bool(part.get("title")) + part["note"], "", f"`{part['command']}`", ""]
+            lines += _warmup_probe_lines(part.get("warmup_probes", []))
+            if part.get("runs"):
+                lines += ["| tuning run | train s | warm-up -> trained avg@k | Δ ± paired stderr | soft ratio |",
+                          "|---|---|---|---|---|"]
+                lines += [f"| {r['what']} | {r['train_seconds']:.0f} | {r['warmup_avg_at_k']:.3f} -> "
+                          f"{r['tarpo_avg_at_k']:.3f} | {r['improvement']:+.3f} ± {r['improvement_stderr']:.3f} | "
+                          f"{r['soft_ratio']:.4f} |" for r in part["runs"]]
+                lines.append("")
     if not lines:
         lines = ["No study has been committed yet: run `python cli.py study` and commit `studies/<name>/`.", ""]
     return "\n".join(lines)
+
+
+def _warmup_probe_lines(probes: list[dict]) -> list[str]:
+    """A tuning round's warm-up probes: settings, seconds, the warm-up model's held-out avg@k (and per hop count)."""
+    if not probes:
+        return []
+    lines = ["| warm-up probe | warm-up s | held-out avg@k | greedy | avg@k per hop count |", "|---|---|---|---|---|"]
+    for p in probes:
+        hops = ", ".join(f"{h}: {v:.3f}" for h, v in (p.get("by_hops") or {}).items())
+        lines.append(f"| {p['what']} | {p['warmup_seconds']:.0f} | {p['warmup_avg_at_k']:.3f} | "
+                     f"{p.get('greedy', float('nan')):.3f} | {hops or '-'} |")
+    return lines + [""]
 
 
 def _prepare_tracking_store(tracking_cfg) -> None:

@@ -30,7 +30,7 @@ SEED_MAX = 2**32 - 1  # numpy's limit; larger seeds overflowed deep inside a sta
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 _ALIAS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _R = "; null = the recipe's value"  # suffix of every recipe key's description (tarpo/recipes.py)
-IGNORES_EVAL_PATH = ("synthetic", "reasoning-gym", "hub")  # sources that make or download their own eval split
+IGNORES_EVAL_PATH = ("synthetic", "reasoning-gym", "hub", "graph")  # sources that make or download their own eval split
 
 
 # Ranges a float32 step survives. Logits are divided by a temperature: below 0.01 a logit gap of 1 becomes 100 nats,
@@ -92,6 +92,30 @@ class FieldsConfig(BaseModel):
     id: Optional[str] = Field(None, description="Record field holding a unique id; null = row number.")
 
 
+class GraphConfig(BaseModel):
+    model_config = _STRICT
+    nodes: int = Field(14, ge=4, le=22, description="Node names per graph (<= 22 words the tiny tokenizer holds; "
+                       ">= 2 * (max_hops + 1): the gold path and the unreachable chain).")
+    edges_per_node: float = Field(1.2, ge=0, description="Edges per node the generator aims for (extra edges that "
+                                  "would shorten the gold path or reach the other candidate are rejected).")
+    min_hops: int = Field(3, ge=1, le=8, description="Fewest hops from the root to the reachable candidate.")
+    max_hops: int = Field(6, ge=1, le=8, description="Most hops from the root to the reachable candidate.")
+    distractors: int = Field(2, ge=0, description="Dead-end branches leaving the gold path.")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "GraphConfig":
+        problems = []
+        if self.min_hops > self.max_hops:
+            problems.append(("min_hops", f"min_hops={self.min_hops} is above max_hops={self.max_hops}; "
+                                         "set min_hops <= max_hops"))
+        if self.nodes < 2 * (self.max_hops + 1):
+            problems.append(("nodes", f"nodes={self.nodes} is below 2 * (max_hops + 1) = {2 * (self.max_hops + 1)}: "
+                                      "the gold path and the unreachable chain need max_hops + 1 nodes each; raise "
+                                      "nodes or lower max_hops"))
+        _fail(problems)
+        return self
+
+
 class ReasoningGymConfig(BaseModel):
     model_config = _STRICT
     dataset: str = Field("gsm_symbolic", description="reasoning-gym dataset name, e.g. gsm_symbolic.")
@@ -99,11 +123,11 @@ class ReasoningGymConfig(BaseModel):
 
 class DataConfig(BaseModel):
     model_config = _STRICT
-    task: Optional[Literal["gsm8k", "math", "gsm-symbolic"]] = Field(
+    task: Optional[Literal["gsm8k", "math", "gsm-symbolic", "graph"]] = Field(
         None, description="Task whose recipe real models use (gsm-symbolic = offline reasoning-gym data); "
-        "null = gsm8k; tiny has its own synthetic task.")
-    source: Optional[Literal["synthetic", "gsm8k", "math", "jsonl", "parquet", "hub", "reasoning-gym"]] = Field(
-        None, description=f"Where problems come from; synthetic and reasoning-gym need no network{_R}.")
+        "null = gsm8k; tiny: null = synthetic sums, graph = the graph-reachability recipe.")
+    source: Optional[Literal["synthetic", "gsm8k", "math", "jsonl", "parquet", "hub", "reasoning-gym", "graph"]] = Field(
+        None, description=f"Where problems come from; synthetic, graph and reasoning-gym need no network{_R}.")
     train_path: Optional[str] = Field(None, description="Training file or directory (gsm8k/math/jsonl/parquet); null for gsm8k/math = the hub dataset.")
     eval_path: Optional[str] = Field(None, description="Evaluation file; null = hold out eval_size records.")
     hub_name: Optional[str] = Field(None, description=f"HF datasets hub name, e.g. openai/gsm8k{_R}.")
@@ -120,6 +144,7 @@ class DataConfig(BaseModel):
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed for generation, shuffling and the train/eval split.")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="Synthetic generator.")
     reasoning_gym: ReasoningGymConfig = Field(default_factory=ReasoningGymConfig, description="reasoning-gym.")
+    graph: GraphConfig = Field(default_factory=GraphConfig, description="Graph-reachability generator (source graph).")
 
     @model_validator(mode="after")
     def _source_inputs(self) -> "DataConfig":
@@ -303,9 +328,10 @@ class TrainConfig(BaseModel):
 # --------------------------------------------------------------------------------------- reward
 class RewardConfig(BaseModel):
     model_config = _STRICT
-    kind: Literal["auto", "numeric", "math"] = Field(
+    kind: Literal["auto", "numeric", "math", "text"] = Field(
         "auto", description="Answer equivalence: numeric (first number, exact), math (math-verify), auto (a stated "
-        "number is compared exactly with a number gold, anything else through math-verify).")
+        "number is compared exactly with a number gold, anything else through math-verify), text (the same words, "
+        "case and a final period aside: names such as the graph task's).")
     answer_rule: Literal["marker", "boxed", "marker-or-boxed"] = Field(
         "marker", description="Where the answer is: after the last rollout.answer_marker (to the end of its line), "
         "the last \\boxed{}, or the marker when the completion has one and else the last \\boxed{}.")

@@ -27,6 +27,7 @@ from tarpo.readers import (GSM8K_HUB, MATH_HUB, HubUnavailable, check_input_path
 from tarpo.records import (DataError, ReadReport, Record, Rows, UniqueIds, clean_gsm8k_solution, gold_from_answer,
                            gold_text)
 from tarpo.rewards import DEFAULT_MARKER
+from tarpo.graph import graph_problems, record_graph
 from tarpo.synthetic import synthetic_problem, synthetic_problems
 
 __all__ = ["SOURCES", "DEFAULT_SYSTEM_PROMPT", "DataError", "HubUnavailable", "ReadReport", "Record", "Splits",
@@ -35,8 +36,8 @@ __all__ = ["SOURCES", "DEFAULT_SYSTEM_PROMPT", "DataError", "HubUnavailable", "R
            "read_math", "read_prepared", "read_reasoning_gym", "read_table", "sample_records",
            "synthetic_problem", "synthetic_problems"]
 
-SOURCES = ("synthetic", "gsm8k", "math", "jsonl", "parquet", "hub", "reasoning-gym")
-GENERATED_SOURCES = ("synthetic", "reasoning-gym")  # make their own eval split: data.eval_path means nothing
+SOURCES = ("synthetic", "gsm8k", "math", "jsonl", "parquet", "hub", "reasoning-gym", "graph")
+GENERATED_SOURCES = ("synthetic", "reasoning-gym", "graph")  # make their own eval split: data.eval_path means nothing
 
 
 def default_system_prompt(marker: str = DEFAULT_MARKER) -> str:
@@ -130,7 +131,7 @@ def _check_eval_path(source: str, train_path, eval_path) -> None:
 
 
 def _read_raw(source: str, *, train_path, eval_path, fields, hub: Mapping, train_size, eval_size,
-              malformed: str, seed: int, synthetic: Mapping, reasoning_gym_dataset,
+              malformed: str, seed: int, synthetic: Mapping, reasoning_gym_dataset, graph: Mapping,
               train_report: ReadReport, eval_report: ReadReport) -> tuple[list[Record], list[Record]]:
     """Raw (train, eval) records for one source, before de-duplication and the overlap check."""
     if source not in SOURCES:
@@ -141,6 +142,11 @@ def _read_raw(source: str, *, train_path, eval_path, fields, hub: Mapping, train
         knobs = {k: v for k, v in synthetic.items() if v is not None}
         eval_records = synthetic_problems(n_eval, seed, **knobs)
         train = synthetic_problems(n_train, seed + 1, exclude=[r.prompt for r in eval_records], **knobs)
+        return train, eval_records
+    if source == "graph":
+        n_train, n_eval = (train_size or SYNTHETIC_DEFAULT_SIZES[0], eval_size or SYNTHETIC_DEFAULT_SIZES[1])
+        eval_records = graph_problems(n_eval, seed, **graph)
+        train = graph_problems(n_train, seed + 1, exclude_graphs=[record_graph(r) for r in eval_records], **graph)
         return train, eval_records
     if source == "reasoning-gym":
         if not reasoning_gym_dataset:
@@ -175,7 +181,7 @@ def load_splits(*, source: str, train_path: str | None = None, eval_path: str | 
                 fields: Mapping[str, str | None] | None = None, hub: Mapping | None = None,
                 train_size: int | None = None, eval_size: int | None = None, malformed: str = "skip",
                 seed: int = 0, synthetic: Mapping | None = None,
-                reasoning_gym_dataset: str | None = None) -> Splits:
+                reasoning_gym_dataset: str | None = None, graph: Mapping | None = None) -> Splits:
     """Read train/eval for a source, drop duplicates and train/eval overlap, then subsample (seeded).
 
     With no eval file, eval is held out of the train file (eval_size, or 10 %). Raises DataError for
@@ -185,7 +191,7 @@ def load_splits(*, source: str, train_path: str | None = None, eval_path: str | 
     train, eval_records = _read_raw(
         source, train_path=train_path, eval_path=eval_path, fields=fields, hub=hub or {},
         train_size=train_size, eval_size=eval_size, malformed=malformed, seed=seed,
-        synthetic=synthetic or {}, reasoning_gym_dataset=reasoning_gym_dataset,
+        synthetic=synthetic or {}, reasoning_gym_dataset=reasoning_gym_dataset, graph=graph or {},
         train_report=train_report, eval_report=eval_report)
     eval_records, eval_dups = dedupe(eval_records)
     train, train_dups = dedupe(train)

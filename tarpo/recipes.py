@@ -5,7 +5,7 @@ profile with a bigger backbone". Every key listed in `RECIPE_KEYS` is `null` in 
 meaning "the recipe's value"; `tarpo.config` fills it. Precedence: recipe < params.yaml < `--set`.
 
 Which recipe (`select_recipe`):
-1. `tiny` (and no `model.path`): the embedded CPU profile. It has one task (the synthetic one).
+1. `tiny` (and no `model.path`): the embedded CPU profile: the synthetic sums, or `tiny-graph` with `data.task: graph`.
 2. a paper preset (qwen2.5-1.5b/3b/7b, llama-3.1-8b): `<preset>-<task>`, task = `data.task` (null = gsm8k).
 3. anything else (other presets, local model dirs): the generic recipe of its size class, `generic-<class>-<task>`,
    with lengths capped to half the model's context each and the register name made from the model's name.
@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 RECIPES_VERSION = 3  # 2: tiny tuned (8 prompts/step, 100 steps, 400 eval problems), eval.every
 #                      3: tiny retuned (rollout temperature 1.0, no KL, 130 steps, lr 5e-4); new keys
-#                         rollout.temperature and train.beta
+#                         rollout.temperature and train.beta; recipe tiny-graph added (no tiny value changed)
 TASKS = ("gsm8k", "math", "gsm-symbolic")
 DEFAULT_TASK = "gsm8k"
 SMALL_MODEL_PARAMETERS = 1.0e9  # below this a model is "small": it fits without gradient checkpointing
@@ -87,6 +87,26 @@ TINY = Recipe("tiny", "embedded 2-core CPU profile: tiny model + synthetic 1-2 s
     "reward.answer_rule": "marker",
     "register.name": "tarpo-tiny",
 })
+
+# The graph-reachability task on tiny (`data.task: graph`): the tiny profile with prompts of ~95 tokens (17 edges)
+# and worked paths of <= 27 tokens, sized for a 3-mode x 3-seed study on a 2-core machine shared with others
+# (studies/graph/tuning.json records every probe: 400 warm-up steps at lr 1e-3 left tiny at 3 % held-out).
+TINY_GRAPH = Recipe("tiny-graph", "tiny on the graph-reachability task (tarpo/graph.py), sized for a 2-core study", {
+    **TINY.values,
+    "data.source": "graph",
+    "data.train_size": 3000,
+    "data.eval_size": 200,
+    "rollout.max_new_tokens": 32,                 # the longest worked path (6 hops) + answer is 26 tokens
+    "rollout.max_prompt_tokens": 112,             # the longest prompt with the chat template is ~100 tokens
+    "warmup.steps": 600,                          # the loss still falls slowly at 600 (tuning.json): more did not fit
+    "warmup.lr": 3.0e-3,                          # 1e-3: loss flat at 1.49 from step 200 to 400
+    "train.steps": 30,                            # what 9 runs fit in ~1 h on 2 shared cores (~20 s a step)
+    "eval.max_problems": 200,
+    "eval.every": 0,                              # no held-out curve: each point cost a minute on the shared cores
+    "eval.every_problems": 50,
+    "reward.kind": "text",                        # the gold is a node name: exact words, no math-verify
+    "register.name": "tarpo-tiny-graph",
+}, base="tiny")
 
 # ----------------------------------------------------------------------------------- paper (per task)
 # The authors' training scripts (TARPO, arXiv 2606.05859; their default hyper-parameters): LoRA 32/64 on all
@@ -185,6 +205,7 @@ def _generic_recipe(size_class: str, task: str) -> Recipe:
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     TINY,
+    TINY_GRAPH,
     *(_task_recipe(t) for t in TASKS),
     *(_paper_recipe(p, t) for p in PAPER_MODELS for t in TASKS),
     *(_generic_recipe(s, t) for s in _SIZE_CLASS_VALUES for t in TASKS),
@@ -216,11 +237,16 @@ def select_recipe(*, preset: Optional[str], path: Optional[str], task: Optional[
     the preset's router init bias when it has one.
     """
     if preset == "tiny" and path is None:
+        if task == "graph":
+            return TINY_GRAPH
         if task is not None:
-            raise RecipeError(f"data.task: tiny has one task (the synthetic sums); set data.task=null, or pick a "
-                              f"real model for {task}")
+            raise RecipeError(f"data.task: tiny has two tasks (null = the synthetic sums, graph); set data.task=null "
+                              f"or graph, or pick a real model for {task}")
         return TINY
     task = task or DEFAULT_TASK
+    if task == "graph":
+        raise RecipeError("data.task: graph has a recipe for the tiny model only; use --model tiny, or set "
+                          "data.task=null and data.source=graph with your own lengths")
     if task not in TASKS:
         raise RecipeError(f"data.task: unknown task {task!r}; one of {', '.join(TASKS)}")
     if preset in PAPER_MODELS:

@@ -20,21 +20,26 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Record:
-    """One problem. `answer` is the bare gold; `solution` a worked solution ("" when unknown)."""
+    """One problem. `answer` is the bare gold; `solution` a worked solution ("" when unknown); `meta` what a
+    generator knows about the problem (the graph task's hop count), None for every other source."""
 
     id: str
     prompt: str
     answer: str
     source: str
     solution: str = ""
+    meta: dict | None = field(default=None, compare=False, hash=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        row = asdict(self)
+        if row["meta"] is None:  # sources without meta write the same lines as before it existed
+            del row["meta"]
+        return row
 
     @classmethod
     def from_dict(cls, row: Mapping) -> Record:
         return cls(id=str(row["id"]), prompt=row["prompt"], answer=row["answer"],
-                   source=row["source"], solution=row.get("solution", "") or "")
+                   source=row["source"], solution=row.get("solution", "") or "", meta=row.get("meta"))
 
 
 @dataclass

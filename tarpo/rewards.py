@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 DEFAULT_MARKER = "####"
-KINDS = ("auto", "numeric", "math")  # mirrors RewardConfig.kind (a test keeps them equal)
+KINDS = ("auto", "numeric", "math", "text")  # mirrors RewardConfig.kind (a test keeps them equal)
 ANSWER_RULES = ("marker", "boxed", "marker-or-boxed")  # mirrors RewardConfig.answer_rule
 MAX_ANSWER_CHARS = 256  # a real final answer is short; anything longer is clipped before parsing
 MATH_TIME_LIMIT_S = 0.5  # wall-clock budget for one math-verify parse + verify (main thread only)
@@ -388,7 +388,18 @@ def _gold_alternatives(gold: str | Sequence[str], marker: str) -> list[str]:
     return out
 
 
+def text_key(text: str) -> str:
+    """The words of an answer for kind `text`: unicode-folded, case-folded, whitespace collapsed, final periods off.
+
+    >>> text_key("  Ben. "), text_key("ben"), text_key("Ben Leo")
+    ('ben', 'ben', 'ben leo')
+    """
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split()).rstrip(". ").strip()
+
+
 def _is_equal(answer: str, gold: str, kind: str) -> bool:
+    if kind == "text":
+        return text_key(answer) == text_key(gold)
     if kind == "numeric":
         return numeric_equal(answer, gold)
     if kind == "math":
@@ -418,6 +429,8 @@ def answer_key(answer: str | None, kind: str = "auto") -> str:
     if not answer:
         return ""
     answer = answer[:MAX_ANSWER_CHARS]
+    if kind == "text":
+        return text_key(answer)
     reading = {"numeric": parse_number, "math": _plain_number}.get(kind, numeric_reading)
     number = reading(answer)
     if number is not None:
@@ -427,7 +440,7 @@ def answer_key(answer: str | None, kind: str = "auto") -> str:
 
 def _check_rule(kind: str, answer_rule: str, require_single_marker: bool) -> None:
     if kind not in KINDS:
-        raise ValueError(f"kind must be auto, numeric or math, got {kind!r}")
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if answer_rule not in ANSWER_RULES:
         raise ValueError(f"answer_rule must be one of {', '.join(ANSWER_RULES)}, got {answer_rule!r}")
     if require_single_marker and answer_rule != "marker":
@@ -463,7 +476,7 @@ def score(completion_text: str, gold: str | Sequence[str], *, kind: str = "auto"
     answer = find_answer(text, answer_rule, marker)
     clipped = answer[:MAX_ANSWER_CHARS] if answer is not None else None
     correct = False
-    if clipped and kind != "numeric":
+    if clipped and kind not in ("numeric", "text"):
         _warm_math_verify()  # the one-off import must not eat the time budget below
     if clipped:
         try:  # one time budget for the whole comparison, however many gold alternatives

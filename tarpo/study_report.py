@@ -46,9 +46,12 @@ def run_record(mode: str, seed: int, per_problem: Sequence[float], warmup: Seque
 
 
 def build_report(runs: Sequence[dict], warmup: Sequence[float], *, warmup_summary: Mapping[str, float] | None = None,
-                 meta: Mapping | None = None) -> dict:
+                 meta: Mapping | None = None, hops: Sequence[int] | None = None,
+                 diagnostics: Mapping | None = None) -> dict:
     """study.json: per mode the mean over seeds with its stderr, each mode against the warm-up model, and the
-    paired differences between modes (same seed, same problems)."""
+    paired differences between modes (same seed, same problems). With `hops` (each problem's hop count) and
+    `diagnostics` (pipeline.study_diagnostics: the start router's, the warm-up's lengths) it adds the breakdowns of
+    tarpo.study_breakdown."""
     modes = [m for m in MODE_LABELS if any(r["mode"] == m for r in runs)]
     modes += sorted({r["mode"] for r in runs} - set(modes))
     scores = {m: {r["seed"]: r["per_problem"] for r in runs if r["mode"] == m} for m in modes}
@@ -67,7 +70,26 @@ def build_report(runs: Sequence[dict], warmup: Sequence[float], *, warmup_summar
     report = {**(meta or {}), "modes": modes, "seeds": sorted({r["seed"] for r in runs}),
               "warmup": {"avg_at_k": _mean(warmup), **(warmup_summary or {})}, "summary": summary,
               "paired": paired, "runs": sorted(runs, key=lambda r: (modes.index(r["mode"]), r["seed"]))}
+    report.update(_breakdowns(runs, warmup, modes, hops, diagnostics or {}))
     return _nan_to_none(report)
+
+
+def _breakdowns(runs, warmup, modes, hops, diagnostics: Mapping) -> dict:
+    from tarpo.router_diagnostics import router_change
+    from tarpo.study_breakdown import hop_breakdown, length_summary, router_summary_over_seeds
+
+    out = {key: diagnostics[key] for key in ("start_router", "warmup_lengths", "warmup_by_hops") if key in diagnostics}
+    if hops is not None:
+        out["problem_hops"] = list(hops)
+        out["by_hops"] = hop_breakdown(runs, hops, modes, warmup, PAIRS)
+    if any(r.get("lengths") for r in runs):
+        out["lengths"] = length_summary(runs, modes)
+    router = router_summary_over_seeds([r for r in runs if r["mode"] == "tarpo"])
+    if router:
+        out["router"] = router
+        if diagnostics.get("start_router"):
+            out["router_change"] = router_change(router, diagnostics["start_router"])
+    return out
 
 
 # --------------------------------------------------------------------------------------- Markdown
@@ -107,6 +129,9 @@ def report_markdown(report: Mapping) -> str:
             lines.append(f"| {name} | {d['mean']:+.3f} | {se} | {d['stderr_over_problems']:.3f} | "
                          + ", ".join(f"{x:+.3f}" for x in d["per_seed"]) + " |")
     lines += ["", *reading(report)]
+    from tarpo.study_breakdown import breakdown_markdown
+
+    lines += breakdown_markdown(report)
     lines += ["", "| run | avg@k | Δ vs warm-up ± paired stderr (z) | greedy | soft ratio | train s |",
               "|---|---|---|---|---|---|"]
     for r in report["runs"]:

@@ -20,7 +20,10 @@ NEW_KEYS = {"data.task": "null", "warmup.allow_real_model": "false", "reward.kin
             "router.soft_noise": "none", "router.soft_noise_scale": "1.0", "eval.router": "learned",
             # off: training is bit-identical to before these keys existed
             "train.dynamic_sampling": "false", "train.dynamic_sampling_max_rounds": "2", "reward.function": "null",
-            "reward.overlong": "none", "reward.overlong_buffer": "0"}
+            "reward.overlong": "none", "reward.overlong_buffer": "0",
+            # the graph generator's knobs: read only by data.source graph
+            "data.graph.nodes": "14", "data.graph.edges_per_node": "1.2", "data.graph.min_hops": "3",
+            "data.graph.max_hops": "6", "data.graph.distractors": "2"}
 
 
 def problems(overrides, path=PARAMS) -> list[str]:
@@ -117,9 +120,14 @@ def test_switching_model_switches_the_whole_recipe():
             "data.source", "data.system_prompt", "warmup.enabled", "train.steps"} <= changed
 
 
-def test_tiny_has_one_task():
+def test_tiny_has_two_tasks():
     assert problems(["data.task=math"]) == [
-        "data.task: tiny has one task (the synthetic sums); set data.task=null, or pick a real model for math"]
+        "data.task: tiny has two tasks (null = the synthetic sums, graph); set data.task=null or graph, or pick a "
+        "real model for math"]
+    graph = load_config(PARAMS, ["data.task=graph"])
+    assert (graph.data.source, graph.reward.kind, graph.register.name) == ("graph", "text", "tarpo-tiny-graph")
+    assert problems(["data.task=graph", "model.preset=qwen2.5-7b"])[0].startswith(
+        "data.task: graph has a recipe for the tiny model only")
 
 
 # ------------------------------------------------------------------------------------------ local dirs / generic

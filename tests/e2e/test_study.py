@@ -59,6 +59,15 @@ def test_report_numbers_are_the_runs_own(study):
         assert (ws / "studies/t" / name).stat().st_size > 0
     assert "| tarpo - hard |" in (ws / "studies/t/study.md").read_text()
     assert "tarpo-s2" in first.output  # the report is printed
+    # router diagnostics and lengths (synthetic problems carry no hop count: no per-hop breakdown)
+    assert (ws / "studies/t/router.png").stat().st_size > 0 and "by_hops" not in report
+    assert report["router"]["seeds"] == 2 and report["start_router"]["decisions"] > 0
+    assert report["router_change"]["verdict"] in ("unchanged", "uniform", "shaped", "no data") and "Router diagnostics" in (ws / "studies/t/study.md").read_text()
+    for run in report["runs"]:
+        rows = [json.loads(line) for line in (ws / f"studies/t/runs/{run['mode']}-s{run['seed']}/eval.jsonl").open()]
+        lengths = [n for row in rows for n in row["lengths"]]
+        assert run["lengths"]["mean_length"] == pytest.approx(sum(lengths) / len(lengths))
+        assert ("router" in run) == (run["mode"] == "tarpo")
 
 
 def test_seeds_change_the_rl_run_and_nothing_else(study):
@@ -89,6 +98,10 @@ def test_mlflow_runs_are_named_and_tagged_with_a_heldout_curve(study):
         assert run.data.metrics["eval/eval_router_hard"] == 0.0  # eval.router: learned
         assert history[run.info.run_name] == [0, 2]
         assert run.data.params["runtime.threads"] == "1"  # the thread count is recorded with the run
+    ws = study[0]
+    for run in runs:  # the router diagnostics are artifacts of the TARPO runs (the store keeps them under the run id)
+        found = list(ws.glob(f"**/{run.info.run_id}/artifacts/diagnostics/router_diagnostics.*"))
+        assert len(found) == (2 if run.data.tags["mode"] == "tarpo" else 0), run.info.run_name
     assert compared.exit_code == 0, compared.output
     assert "tarpo-s1" in compared.output and "hard-s2" in compared.output
     assert "tarpo: " in compared.output and "(2 seeds)" in compared.output
