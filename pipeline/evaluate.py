@@ -1,8 +1,8 @@
 """evaluate stage: the model before TARPO (the start weights train used) and the TARPO model, same problems.
 
 Reads `eval` (+ the prompt format, model and router sections), the prepared eval split, the warm-up output,
-`models/tarpo/` and the run info. Writes, published together (pipeline.publish): `metrics/eval.json` (flat keys `warmup/...`, `tarpo/...`,
-`improvement`, `improvement_stderr`), `eval/{warmup,tarpo}.jsonl` (per problem, soft spans as ⟦…⟧) and
+`models/tarpo/` and the run info. Writes, published together (pipeline.publish): `metrics/eval.json` (flat keys
+`warmup/...`, `tarpo/...`, `improvement`, `improvement_stderr`), `eval/{warmup,tarpo}.jsonl` (per problem, soft spans as ⟦…⟧) and
 `plots/eval.csv`; logs the eval metrics and files to the training run. The "before" model follows the same rule
 as train (pipeline.common.choose_base) and must be the one models/tarpo was trained from.
 
