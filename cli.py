@@ -442,6 +442,7 @@ def run_all(params: ParamsOption = DEFAULT_PARAMS, sets: SetOption = None, model
     """All stages in order without DVC: prepare, warmup, train, evaluate, register."""
     with user_errors():
         model_sets = shorthand_overrides(model=model)  # evaluate's --model means "this model by itself"
+        load_params(params, [*(sets or []), *model_sets])  # bad params stop here, before the lock file is made
     sets = [*(sets or []), *model_sets]
     from pipeline.lock import command_line, workspace_lock
 

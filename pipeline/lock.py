@@ -68,8 +68,11 @@ def workspace_lock(command: str, root: str | Path = ".", log=print) -> Iterator[
                                 "one writer: wait for it to finish or stop it, or use another workspace (a copy "
                                 "or a DVC experiment)") from None
         holder = {"pid": os.getpid(), "command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        except OSError:  # a full disk: the lock holds all the same; the stage's own first write says what is wrong
+            pass
         previous = os.environ.get(HELD_ENV)
         os.environ[HELD_ENV] = str(os.getpid())
         try:
@@ -82,7 +85,8 @@ def workspace_lock(command: str, root: str | Path = ".", log=print) -> Iterator[
                 os.environ.pop(HELD_ENV, None)
             else:
                 os.environ[HELD_ENV] = previous
-            os.ftruncate(fd, 0)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # releases the flock (the kernel also does when the process dies)
 

@@ -12,7 +12,8 @@ SIGINT/SIGTERM are held back while the journal and the renames happen, so a sign
 first; a SIGKILL (or power loss) half-way is finished by `recover`, which the workspace lock runs before any stage
 reads anything (and each publication runs for its own root). Every step of rolling forward is idempotent.
 `<root>` is the common directory of the targets: the workspace for the pipeline's stages, a run's directory in a
-study. `TARPO_FAULT_POINT=<stage>:<point>:<pause|kill>` stops a publication at a point for tests; unset, inert.
+study. `TARPO_FAULT_POINT=<stage>:<point>:<pause|kill>` stops a publication at a point (staged, journal,
+renamed-1; `register:version` right after a registry version is created) for tests; unset, it is inert.
 """
 
 from __future__ import annotations

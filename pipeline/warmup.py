@@ -1,8 +1,8 @@
 """warmup stage: supervised fine-tuning of the `tiny` preset on worked solutions, before TARPO.
 
 Reads the `warmup` section (plus the model and the prompt format) and the prepared train split.
-Writes (published together: pipeline.publish) `models/warmup/` (HF model + tokenizer + warmup.json), `metrics/warmup.json` and
-`plots/warmup.csv`. warmup.json records `made_from` = {preset, path, weights_sha256} of the base it was made from:
+Writes, published together (pipeline.publish), `models/warmup/` (HF model + tokenizer + warmup.json),
+`metrics/warmup.json` and `plots/warmup.csv`. warmup.json records `made_from` = {preset, path, weights_sha256} of the base it was made from:
 later stages use the output only when that is the configured model (pipeline.common.choose_base). When the recipe
 turns warm-up off (every model but tiny) it writes only the marker with ran=false, so the DVC outs exist.
 """

@@ -565,10 +565,12 @@ def nonfinite_suspects(settings: TrainSettings, rollout: RolloutSettings) -> str
     """The keys most likely behind non-finite steps, judged from their actual values (not always train.lr).
 
     >>> s = TrainSettings(steps=1, prompts_per_step=1, group_size=2, micro_batch_size=2, lr=5e-4, router_lr=1e-3)
-    >>> r = RolloutSettings(max_new_tokens=4, eos_token_ids=(0,), pad_token_id=0, temperature=0.02)
-    >>> nonfinite_suspects(s, r)
+    >>> def rollout(t): return RolloutSettings(max_new_tokens=4, eos_token_ids=(0,), pad_token_id=0, temperature=t)
+    >>> nonfinite_suspects(s, rollout(0.02))
     'likely rollout.temperature=0.02 (logits are divided by it: raise it)'
-    >>> nonfinite_suspects(s, RolloutSettings(max_new_tokens=4, eos_token_ids=(0,), pad_token_id=0, temperature=1.0))[:29]
+    >>> nonfinite_suspects(TrainSettings(steps=1, prompts_per_step=1, group_size=2, micro_batch_size=2, lr=3e-2), rollout(1))
+    'likely train.lr=0.03 (lower it)'
+    >>> nonfinite_suspects(s, rollout(1.0))[:29]
     'no setting looks extreme (tra'
     """
     suspects = [f"{key}={value:g} ({why})" for key, value, bad, why in (

@@ -46,7 +46,8 @@ class Row:
 
 
 ROWS = [
-    Row("prepare-sigterm-staged", ["prepare", "--set", "data.train_size=40"], "prepare:staged", signal.SIGTERM, "old", 143),
+    Row("prepare-sigterm-staged", ["prepare", "--set", "data.train_size=40"], "prepare:staged", signal.SIGTERM,
+        "old", 143),
     Row("prepare-sigint-mid-publish", ["prepare", "--set", "data.train_size=40"], "prepare:renamed-1",
         signal.SIGINT, "new", 130),
     Row("evaluate-sigterm-staged", ["evaluate", "--set", "eval.seed=7"], "evaluate:staged", signal.SIGTERM, "old", 143),
