@@ -27,7 +27,7 @@ from tarpo.rollout import Rollout
 # (B, P) fields left-padded like the prompts; (B, T[, k]) fields right-padded past the last step
 _PROMPT_FIELDS = ("prompt_ids", "prompt_mask")
 _STEP_FIELDS = ("completion_ids", "completion_mask", "token_logp", "soft_mask", "decision_mask", "router_logp",
-                "topk_ids", "topk_weights")
+                "topk_ids", "topk_weights", "noise_seeds")
 
 
 def concat_rollouts(parts: Sequence[Rollout], pad_token_id: int) -> Rollout:
@@ -42,6 +42,9 @@ def concat_rollouts(parts: Sequence[Rollout], pad_token_id: int) -> Rollout:
     out: dict[str, Any] = {}
     for f in fields(Rollout):
         values = [getattr(p, f.name) for p in parts]
+        if all(v is None for v in values):  # optional records (the gaussian soft-noise seeds) absent in every part
+            out[f.name] = None
+            continue
         if f.name in _PROMPT_FIELDS:
             fill = pad_token_id if f.name == "prompt_ids" else 0
             values = [torch.nn.functional.pad(v, (width - v.shape[1], 0), value=fill) for v in values]

@@ -66,13 +66,15 @@ def test_no_refill_when_every_group_is_informative():
     assert batch is first and (stats.rounds, stats.extra_prompts, stats.filtered_groups) == (0, 0, 0)
 
 
-def test_replay_of_concatenated_rollouts_reproduces_their_log_probs(tmp_path):
-    """The key invariant on a refilled batch: other prompt widths and step counts, same log-probs (<= 1e-4)."""
+@pytest.mark.parametrize("noise", [dict(), dict(soft_noise="gaussian", soft_noise_scale=0.5)], ids=["none", "gaussian"])
+def test_replay_of_concatenated_rollouts_reproduces_their_log_probs(tmp_path, noise):
+    """The key invariant on a refilled batch: other prompt widths and step counts, same log-probs (<= 1e-4); with
+    gaussian soft noise the per-step noise seeds are padded and joined like the other step records."""
     from tarpo.rollout import replay
     from test_trainer import first_token_even, in_process_trainer
     from train_driver import PROMPTS
 
-    trainer = in_process_trainer(tmp_path, first_token_even, perturb=0.05)
+    trainer = in_process_trainer(tmp_path, first_token_even, perturb=0.05, **noise)
     long = trainer._rollout([PROMPTS[3] + " Then he eats two of them and gives one away."] * 4)
     early = trainer.rollout_settings
     trainer.rollout_settings = dataclasses.replace(early, eos_token_ids=tuple(range(0, 512, 2)))
@@ -81,6 +83,10 @@ def test_replay_of_concatenated_rollouts_reproduces_their_log_probs(tmp_path):
     assert long.prompt_ids.shape[1] > short.prompt_ids.shape[1] and long.num_rows == 4
     assert long.completion_ids.shape[1] > short.completion_ids.shape[1]
     merged = concat_rollouts([short, long], pad_token_id=early.pad_token_id)
+    assert (merged.noise_seeds is None) == (not noise) and (merged.noise_std is None) == (not noise)
+    if noise:
+        assert merged.noise_seeds.shape == merged.soft_mask.shape and merged.noise_std.shape == (8,)
+        assert (merged.noise_seeds[merged.soft_mask & merged.completion_mask] != 0).any()
     with torch.no_grad():
         out = replay(trainer.policy, merged, settings=early, with_entropy=False)
     mask = merged.completion_mask
