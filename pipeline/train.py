@@ -12,6 +12,7 @@ With train.num_processes > 1 or train.accelerate_config set, cli.py re-launches 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -328,8 +329,9 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
     started = time.perf_counter()
     status = "FAILED"
     try:
-        trainer.train(on_step=on_step, progress=progress, evaluate_fn=evaluate_fn, evaluate_every=cfg.eval.every or 0,
-                      on_evaluate=on_evaluate)
+        with _tracking_outages(tracker, trainer, checkpoint_dir):
+            trainer.train(on_step=on_step, progress=progress, evaluate_fn=evaluate_fn,
+                          evaluate_every=cfg.eval.every or 0, on_evaluate=on_evaluate)
         status = "FINISHED"
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (cli.py turns it into this)
         status = "KILLED"
@@ -359,9 +361,34 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
     figure_path = save_png(figure, plot_figure_path or Path(plot_path).with_suffix(".png"))  # beside the CSV
     write_json_atomic(metrics_path, metrics)
     write_json_atomic(run_info_path, info)
-    tracker.log_artifact(str(plot_path))
-    tracker.log_artifact(str(heldout_plot_path))
-    tracker.log_artifact(str(figure_path), "plots")
-    tracker.log_metrics({f"train/{k}": float(v) for k, v in metrics.items()})
-    tracker.close("FINISHED")
+    from tarpo.tracking import TrackingUnavailable
+
+    try:
+        tracker.log_artifact(str(plot_path))
+        tracker.log_artifact(str(heldout_plot_path))
+        tracker.log_artifact(str(figure_path), "plots")
+        tracker.log_metrics({f"train/{k}": float(v) for k, v in metrics.items()})
+        tracker.close("FINISHED")
+    except TrackingUnavailable as exc:
+        raise TrackingUnavailable(f"{exc}; training finished and {trained_dir}, {metrics_path} and {run_info_path} are "
+                                  "written, only the run's final plots and metrics are not logged: fix the store and "
+                                  "re-run `python cli.py train` (it resumes at the last step and logs them)") from None
     return metrics
+
+
+@contextlib.contextmanager
+def _tracking_outages(tracker, trainer, checkpoint_dir: Path):
+    """While the trainer runs, a tracking failure only stops it after the step it is on is checkpointed; the line
+    the user sees then says where training stopped and the two ways to go on."""
+    from tarpo.tracking import TrackingUnavailable
+
+    deferred = getattr(tracker, "deferred", None)
+    with deferred() if deferred is not None else contextlib.nullcontext():
+        try:
+            yield
+        except TrackingUnavailable as exc:
+            step = trainer.state.step
+            raise TrackingUnavailable(
+                f"{exc}; training stopped at step {step}, checkpointed in {checkpoint_dir}/step-{step:06d}: fix the "
+                "store and run `python cli.py train` to resume there, or resume without tracking: `python cli.py "
+                "train --set tracking.enabled=false --set register.enabled=false`") from None
