@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from tarpo.config import (ConfigError, TarpoConfig, dump_yaml, load_config, load_config_with_sources, resolve_config,
                           shorthand_overrides)
@@ -23,8 +24,34 @@ from tarpo.errors import disk_error_line
 USER_ERROR_EXIT = 2
 DEFAULT_PARAMS = Path("params.yaml")
 
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class OneLineUsageErrors(TyperGroup):
+    """Typer's own usage errors (unknown command or option, a bad option value) as one stderr line and exit 2,
+    like every other user error, instead of a usage block and a framed panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _CLICK_ERROR as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help is the answer
+                exc.show()
+            else:
+                ctx = getattr(exc, "ctx", None)
+                typer.echo(f"error: {exc.format_message().rstrip('.')}"
+                           + (f" (see `{ctx.command_path} --help`)" if ctx else ""), err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(help="TARPO: train LLMs that route each decoding step to a hard or soft (latent) token.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=OneLineUsageErrors)
 config_app = typer.Typer(help="Check and inspect params.yaml.", no_args_is_help=True)
 models_app = typer.Typer(help="Model presets: list them, make one available here.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -431,9 +458,12 @@ def _register(cfg: TarpoConfig) -> dict:
     from pipeline.common import check_trained_base, choose_base
     from pipeline.register import run_register
 
+    from tarpo.tracking import store_errors
+
     if cfg.register.enabled:  # the configured model must be the one models/tarpo was trained from
         check_trained_base(paths.TRAINED_DIR, choose_base(cfg, log=lambda _: None)[1])
-    return run_register(cfg=cfg)
+    with store_errors(cfg.tracking.uri):  # a store locked or broken half-way: one line, not SQLAlchemy's traceback
+        return run_register(cfg=cfg)
 
 
 @app.command("run")
@@ -494,7 +524,8 @@ def study(name: Annotated[Optional[str], typer.Option(
 
 
 @app.command()
-def compare(last: Annotated[int, typer.Option("--last", "-n", min=1, help="How many recent runs.")] = 5,
+def compare(last: Annotated[int, typer.Option("--last", "-n", min=1, max=50_000,
+                                             help="How many recent runs (MLflow returns at most 50000).")] = 5,
             study_name: Annotated[Optional[str], typer.Option(
                 "--study", help="Instead: every run of this study (tag `study`), per mode with mean ± stderr.")]
             = None,
@@ -503,8 +534,11 @@ def compare(last: Annotated[int, typer.Option("--last", "-n", min=1, help="How m
     with stage_errors():
         cfg = _stage_params(params, sets)
         from pipeline.compare import compare_runs, compare_study
+        from tarpo.tracking import store_errors
 
-        typer.echo(compare_study(cfg.tracking, study_name) if study_name else compare_runs(cfg.tracking, last=last))
+        with store_errors(cfg.tracking.uri):
+            table = compare_study(cfg.tracking, study_name) if study_name else compare_runs(cfg.tracking, last=last)
+    typer.echo(table)
 
 
 @app.command()

@@ -13,6 +13,7 @@ With train.num_processes > 1 or train.accelerate_config set, cli.py re-launches 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import io
@@ -381,9 +382,12 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
         trainer.train(on_step=on_step, progress=progress, evaluate_fn=evaluate_fn, evaluate_every=cfg.eval.every or 0,
                       on_evaluate=on_evaluate)
         return {}
+    from tarpo.tracking import TrackingUnavailable
+
     with closing_run(tracker):  # Ctrl-C or SIGTERM (cli.py turns it into KeyboardInterrupt) closes it as KILLED
-        trainer.train(on_step=on_step, progress=progress, evaluate_fn=evaluate_fn, evaluate_every=cfg.eval.every or 0,
-                      on_evaluate=on_evaluate)
+        with _tracking_outages(tracker, trainer, checkpoint_dir):
+            trainer.train(on_step=on_step, progress=progress, evaluate_fn=evaluate_fn,
+                          evaluate_every=cfg.eval.every or 0, on_evaluate=on_evaluate)
         info = {"run_id": trainer.state.run_id, "params_hash": digest, "steps": trainer.state.step,
                 "base": base_record, "tracking_uri": cfg.tracking.uri if cfg.tracking.enabled else None}
         metrics = {**summary_metrics(rows), **heldout_summary(heldout_rows), "resumed": int(resumed),
@@ -406,8 +410,32 @@ def run_train(*, cfg, resume: bool = True, params_path: str | Path = paths.PARAM
             save_png(figure, outputs.file(figure_path))
             write_json_atomic(outputs.file(metrics_path), metrics)
             write_json_atomic(outputs.file(run_info_path), info)
-        tracker.log_artifact(str(plot_path))
-        tracker.log_artifact(str(heldout_plot_path))
-        tracker.log_artifact(str(figure_path), "plots")
-        tracker.log_metrics({f"train/{k}": float(v) for k, v in metrics.items()})
+        try:
+            tracker.log_artifact(str(plot_path))
+            tracker.log_artifact(str(heldout_plot_path))
+            tracker.log_artifact(str(figure_path), "plots")
+            tracker.log_metrics({f"train/{k}": float(v) for k, v in metrics.items()})
+        except TrackingUnavailable as exc:
+            raise TrackingUnavailable(f"{exc}; training finished and {trained_dir}, {metrics_path} and {run_info_path} "
+                                      "are written, only the run's final plots and metrics are not logged: fix the "
+                                      "store and re-run `python cli.py train` (it resumes at the last step and logs "
+                                      "them)") from None
     return metrics
+
+
+@contextlib.contextmanager
+def _tracking_outages(tracker, trainer, checkpoint_dir: Path):
+    """While the trainer runs, a tracking failure only stops it after the step it is on is checkpointed; the line
+    the user sees then says where training stopped and the two ways to go on."""
+    from tarpo.tracking import TrackingUnavailable
+
+    deferred = getattr(tracker, "deferred", None)
+    with deferred() if deferred is not None else contextlib.nullcontext():
+        try:
+            yield
+        except TrackingUnavailable as exc:
+            step = trainer.state.step
+            raise TrackingUnavailable(
+                f"{exc}; training stopped at step {step}, checkpointed in {checkpoint_dir}/step-{step:06d}: fix the "
+                "store and run `python cli.py train` to resume there, or resume without tracking: `python cli.py "
+                "train --set tracking.enabled=false --set register.enabled=false`") from None

@@ -36,8 +36,10 @@ def _model_at(path: Sequence[str | int]) -> type[BaseModel] | None:
 
 
 def _did_you_mean(name: str, choices: Sequence[str]) -> str:
-    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f"did you mean {match[0]!r}?" if match else f"allowed: {', '.join(choices)}"
+    """The nearest choice (case ignored: `TINY` -> 'tiny'), else the list of choices."""
+    lowered = {c.lower(): c for c in choices}
+    match = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    return f"did you mean {lowered[match[0]]!r}?" if match else f"allowed: {', '.join(choices)}"
 
 
 _TYPE_NAMES = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
@@ -55,6 +57,8 @@ def _message(error: dict) -> str:
     if kind == "extra_forbidden":
         model = _model_at(error["loc"][:-1])
         return "unknown key; " + _did_you_mean(str(error["loc"][-1]), list(model.model_fields) if model else [])
+    if kind == "invalid_key":
+        return f"a key must be a name, got {given!r} (an unquoted null, number or true as a key?)"
     if kind == "bool_type" and isinstance(given, str) and given.lower() in _YAML11_BOOLS:
         return f"expected true or false, got {given!r} (YAML 1.1's yes/no/on/off are text here: write true or false)"
     if kind in _TYPE_NAMES:
@@ -165,7 +169,8 @@ def validate_data(data: dict) -> TarpoConfig:
     except ValidationError as exc:
         problems = _format_errors(exc)
         reported = {p.partition(":")[0] for p in problems}
-        raise ConfigError(problems + [p for p in _huge_ints(data) if p.partition(":")[0] not in reported]) from None
+        covered = lambda key: any(key == r or key.startswith(r + ".") for r in reported)  # noqa: E731
+        raise ConfigError(problems + [p for p in _huge_ints(data) if not covered(p.partition(":")[0])]) from None
     if huge := _huge_ints(data):
         raise ConfigError(huge)
     try:

@@ -34,6 +34,7 @@ GSM8K_HUB = ("openai/gsm8k", "main")  # (name, config) read by source gsm8k with
 MATH_HUB = ("DigitalLearningGmbH/MATH-lighteval", None)  # Hendrycks MATH (7500 train / 5000 test), same fields
 REASONING_GYM_PIN = "reasoning-gym==0.1.25"  # requirements.txt pins the same version
 MAX_LINE_BYTES = 8 << 20  # one record; longer is not a problem statement (8 MB of text is ~2M tokens)
+MAX_SKIPPED_LINE_BYTES = 1 << 30  # an over-long line is read past (bounded memory) up to this, then refused
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -89,8 +90,13 @@ def _raw_lines(handle) -> Iterator[tuple[int, bytes, int]]:
     while chunk := handle.readline(MAX_LINE_BYTES + 1):
         length = len(chunk)
         if length > MAX_LINE_BYTES and not chunk.endswith(b"\n"):
-            while (rest := handle.readline(1 << 20)) and (length := length + len(rest)) and not rest.endswith(b"\n"):
-                pass
+            while rest := handle.readline(1 << 20):
+                length += len(rest)
+                if rest.endswith(b"\n"):
+                    break
+                if length > MAX_SKIPPED_LINE_BYTES:  # a stream without newlines: stop reading, in bounded time too
+                    raise DataError(f"{getattr(handle, 'name', 'the file')}: a line of more than "
+                                    f"{MAX_SKIPPED_LINE_BYTES} bytes; this is not a JSON-lines file")
             chunk = chunk[:MAX_LINE_BYTES]
         yield offset, chunk, length
         offset += length

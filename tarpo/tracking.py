@@ -15,12 +15,17 @@ Departures from plain `mlflow.log_params` / `log_metrics`, on purpose:
    store (not an SQLite file, or one MLflow cannot query) is one line too, never a SQLAlchemy traceback.
 5. A resumed run replays the steps after its checkpoint; a (metric, step) point already stored is not logged
    again, so the curves have one point per step.
+6. Outages are bounded and never lose training: MLflow's HTTP retries (7, backoff factor 2: minutes against a dead
+   server) are cut to HTTP_RETRY_DEFAULTS unless the user set them; a locked sqlite store or a server answering 5xx
+   is named before work starts; `GuardedTracker` turns any store failure into one TrackingUnavailable, and while
+   the trainer runs it only records it, so the trainer can checkpoint the step it is on before it stops.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import math
 import os
 import re
@@ -39,6 +44,9 @@ MAX_KEY = 250               # MAX_ENTITY_KEY_LENGTH
 PARAMS_PER_BATCH = 100      # MAX_PARAMS_TAGS_PER_BATCH
 METRICS_PER_BATCH = 1000    # MAX_METRICS_PER_BATCH
 CONNECT_TIMEOUT_S = 3.0
+LOCK_WAIT_S = 10.0            # how long a locked sqlite store may stay locked before we say so
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}   # a dead server costs seconds, not minutes
 STAGES_TAG = "tarpo.stages"   # every stage that logged to the run, in order (dvc.stage = the one that made it)
 
 
@@ -135,15 +143,50 @@ def _looks_like_sqlite(path: Path) -> bool:
     return head in (b"", b"SQLite format 3\x00")
 
 
+def bound_http_retries() -> None:
+    """MLflow's HTTP retry and timeout settings, bounded where the user has not set them (read at each request)."""
+    for name, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def _lock_line(uri: str, path: Path) -> str:
+    return (f"MLflow store {uri}: {path} is locked by another process (a train, study or `mlflow ui` writing to it, "
+            "or one that hangs); wait for it or stop it, then re-run; or set tracking.enabled=false")
+
+
+def _check_not_locked(uri: str, path: Path, wait_s: float | None = None) -> None:
+    """Read the schema of an existing sqlite store, read-only: a writer holding it longer than `wait_s`, or a file
+    sqlite cannot read (truncated, overwritten), is one line before any work instead of MLflow's traceback later."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                                timeout=LOCK_WAIT_S if wait_s is None else wait_s)) as conn:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc):
+            raise TrackingUnavailable(_lock_line(uri, path)) from None
+        raise TrackingUnavailable(f"MLflow store {uri} cannot be used ({path}: {exc}); repair or move it away, "
+                                  "or set tracking.enabled=false") from None
+    except sqlite3.DatabaseError as exc:  # not a database, or a damaged one
+        raise TrackingUnavailable(f"MLflow store {uri} cannot be used ({path}: {exc}); repair or move it away, "
+                                  "or set tracking.enabled=false") from None
+
+
 def check_tracking_uri(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """Raise TrackingUnavailable unless the store at `uri` answers (http) or can be written (sqlite, file)."""
     scheme = urllib.parse.urlparse(uri).scheme.lower()
+    bound_http_retries()
     if scheme in ("http", "https"):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
                 return
-        except urllib.error.HTTPError:
-            return  # the server answered; an odd status on /health is not our problem here
+        except urllib.error.HTTPError as exc:
+            if exc.code >= 500:  # up but failing: every request would fail after its retries
+                raise TrackingUnavailable(f"MLflow tracking server {uri} answers HTTP {exc.code} ({exc.reason}): it "
+                                          "is up but failing; check its logs, or set tracking.uri=sqlite:///mlflow.db,"
+                                          " or tracking.enabled=false") from None
+            return  # the server answered; a 404 on /health (a proxy) is not our problem here
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise TrackingUnavailable(f"MLflow tracking server {uri} is not reachable ({reason}); start it, or set "
@@ -158,6 +201,8 @@ def check_tracking_uri(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
                                       "corrupt file); move it away, or point tracking.uri at the real store")
         if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
             raise TrackingUnavailable(f"MLflow store {uri}: directory {directory} does not exist or is not writable")
+        if path is not None and path.is_file() and path.stat().st_size:
+            _check_not_locked(uri, path)
     elif scheme in ("", "file"):
         directory = Path(urllib.parse.urlparse(uri).path if scheme else uri).resolve()
         while not directory.exists() and directory != directory.parent:
@@ -210,6 +255,7 @@ class MlflowTracker:
         # MLflow logs "Creating initial MLflow database tables..." at INFO for every new sqlite store.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         self.uri = uri
+        bound_http_retries()
         with store_errors(uri):
             if run_id is None:
                 self.client, self.experiment_id = open_experiment(uri, experiment, artifact_location)
@@ -385,6 +431,9 @@ def store_errors(uri: str) -> Iterator[None]:
         raise
     except known as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        path = _sqlite_path(uri) if uri.startswith("sqlite:") else None
+        if "database is locked" in reason and path is not None:
+            raise TrackingUnavailable(_lock_line(uri, path)) from None
         raise TrackingUnavailable(f"MLflow store {uri} cannot be used ({reason}); repair or move it away, "
                                   "or set tracking.enabled=false") from None
 
@@ -431,5 +480,81 @@ def open_tracker(tracking_cfg, *, run_id: str | None = None, run_name: str | Non
     if not tracking_cfg.enabled:
         return NullTracker()
     check_tracking_uri(tracking_cfg.uri)
-    return MlflowTracker(tracking_cfg.uri, tracking_cfg.experiment, run_name=run_name or tracking_cfg.run_name,
-                         run_id=run_id, tags=tags, stage=stage)
+    return GuardedTracker(MlflowTracker(tracking_cfg.uri, tracking_cfg.experiment, run_id=run_id, tags=tags,
+                                        run_name=run_name or tracking_cfg.run_name, stage=stage), tracking_cfg.uri)
+
+
+def _store_failures() -> tuple[type[BaseException], ...]:
+    """What a store outage raises: MLflow's own errors, the database's, HTTP's, and the file system's (artifacts)."""
+    from mlflow.exceptions import MlflowException
+
+    found: list[type[BaseException]] = [MlflowException, OSError]
+    for module, name in (("sqlalchemy.exc", "SQLAlchemyError"), ("requests.exceptions", "RequestException")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except ImportError:
+            pass
+    return tuple(found)
+
+
+class GuardedTracker:
+    """A tracker whose store failures become one TrackingUnavailable (the first is kept in `failure`; every call
+    after it does nothing, close included, since the store is gone).
+
+    Outside `deferred()` the failure is raised at once: a stage stops with one line. Inside it, it is only
+    recorded: the trainer checks `failure` after each step, checkpoints that step and raises it, so an outage
+    costs no training. Attributes it does not define (`client`, ...) are the wrapped tracker's.
+    """
+
+    def __init__(self, inner, uri: str):
+        self.inner, self.uri = inner, uri
+        self.failure: TrackingUnavailable | None = None
+        self._deferring = False
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    @property
+    def run_id(self) -> str | None:
+        return self.inner.run_id
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator["GuardedTracker"]:
+        self._deferring = True
+        try:
+            yield self
+        finally:
+            self._deferring = False
+
+    def _call(self, method: str, *args, **kwargs) -> None:
+        if self.failure is not None:
+            return
+        try:
+            getattr(self.inner, method)(*args, **kwargs)
+        except _store_failures() as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            self.failure = TrackingUnavailable(f"MLflow tracking at {self.uri} failed ({reason})")
+            if not self._deferring:
+                raise TrackingUnavailable(f"{self.failure}; fix the store (or its artifact directory) and re-run, or "
+                                          "set tracking.enabled=false") from None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._call("log_params", params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self._call("log_metrics", metrics, step=step)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._call("log_text", text, artifact_file)
+
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        self._call("log_artifact", local_path, artifact_path)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self._call("log_figure", figure, artifact_file)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._call("set_tags", tags)
+
+    def close(self, status: str = "FINISHED") -> None:
+        self._call("close", status)

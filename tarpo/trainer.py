@@ -550,8 +550,11 @@ class TarpoTrainer:
                                       f"samples/step-{step:06d}.html")
             bar.set_postfix(reward=f"{outcome.metrics['reward_mean']:.3f}", soft=f"{outcome.metrics['soft_ratio']:.3f}")
             bar.update(1)
-            if s.checkpoint_every and step % s.checkpoint_every == 0 and step < s.steps:
+            stopped = getattr(self.tracker, "failure", None)  # a tracking outage (GuardedTracker.deferred)
+            if (s.checkpoint_every and step % s.checkpoint_every == 0 and step < s.steps) or stopped is not None:
                 self.save()
+            if stopped is not None:  # this step is checkpointed: the caller says how to resume
+                raise stopped
         bar.close()
         if self.state.step and self.state.skipped_steps >= self.state.step:  # fewer steps than max_nonfinite_steps
             raise TrainingError(f"all {self.state.step} steps were skipped (non-finite loss or gradient): nothing was "

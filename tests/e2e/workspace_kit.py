@@ -212,15 +212,22 @@ def copy_workspace(src: Path, dest: Path, link: bool = True) -> Path:
     return dest
 
 
-def run_row(row: Row, ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Break, run, and check one row: exit 2, one stderr line with `row.expect`, no traceback, nothing lost."""
-    if row.setup is not None:
-        row.setup(ws)
+def row_argv(row: Row, tmp_path: Path) -> list[str]:
+    """The row's command line, with its params (if any) written to a file outside the workspace and named: by
+    --params, or as the path argument of `config validate/show`."""
     argv = list(row.argv)
     if row.params is not None:
-        bad = tmp_path / "bad-params.yaml"
-        bad.write_bytes(row.params if isinstance(row.params, bytes) else row.params.encode())
-        argv += ["--params", str(bad)]
+        params = tmp_path / "row-params.yaml"
+        params.write_bytes(row.params if isinstance(row.params, bytes) else row.params.encode())
+        argv += [str(params)] if argv[0] == "config" else ["--params", str(params)]
+    return argv
+
+
+def invoke_row(row: Row, ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Break the workspace as the row says and run its command: (result, snapshot before, snapshot after)."""
+    if row.setup is not None:
+        row.setup(ws)
+    argv = row_argv(row, tmp_path)
     monkeypatch.chdir(ws)
     forget_mlflow_stores()
     before = snapshot(ws)
@@ -234,7 +241,12 @@ def run_row(row: Row, ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         result = invoke(argv)
     forget_mlflow_stores()
     monkeypatch.undo()  # the fault must not reach the snapshot below
-    after = snapshot(ws)
+    return result, before, snapshot(ws)
+
+
+def run_row(row: Row, ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Break, run, and check one row: exit 2, one stderr line with `row.expect`, no traceback, nothing lost."""
+    result, before, after = invoke_row(row, ws, tmp_path, monkeypatch)
     lines = result.stderr.splitlines()
     assert result.exit_code == 2, f"exit {result.exit_code}: {result.exception!r}\n{result.output[-2000:]}"
     assert isinstance(result.exception, SystemExit), repr(result.exception)
