@@ -403,7 +403,11 @@ def readme_results(root: str | Path = ".") -> str:
                   + (f" {report['note']}" if report.get("note") else ""),
                   "", report_markdown(report).rstrip(), "",
                   f"![Held-out avg@k per mode and paired differences]({path.parent.relative_to(root)}/scores.png)",
-                  f"![Reward, soft ratio and held-out curves per run]({path.parent.relative_to(root)}/curves.png)", ""]
+                  f"![Reward, soft ratio and held-out curves per run]({path.parent.relative_to(root)}/curves.png)"]
+        lines += [f"![{what}]({path.parent.relative_to(root)}/{png})" for png, what in (
+            ("hops.png", "Accuracy and soft-step share per hop count"),
+            ("router.png", "Router diagnostics: p_soft against token entropy and position"))
+            if (path.parent / png).is_file()] + [""]
     tunings = sorted((root / "studies").glob("*/tuning.json"), key=lambda p: (p.parent.name != "embedded", p))
     for tuning in tunings:
         t = json.loads(tuning.read_text())
@@ -429,10 +433,13 @@ def _warmup_probe_lines(probes: list[dict]) -> list[str]:
     if not probes:
         return []
     lines = ["| warm-up probe | warm-up s | held-out avg@k | greedy | avg@k per hop count |", "|---|---|---|---|---|"]
+    def shown(value, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
     for p in probes:
         hops = ", ".join(f"{h}: {v:.3f}" for h, v in (p.get("by_hops") or {}).items())
-        lines.append(f"| {p['what']} | {p['warmup_seconds']:.0f} | {p['warmup_avg_at_k']:.3f} | "
-                     f"{p.get('greedy', float('nan')):.3f} | {hops or '-'} |")
+        lines.append(f"| {p['what']} | {shown(p.get('warmup_seconds'), '.0f')} | "
+                     f"{shown(p.get('warmup_avg_at_k'), '.3f')} | {shown(p.get('greedy'), '.3f')} | {hops or '-'} |")
     return lines + [""]
 
 

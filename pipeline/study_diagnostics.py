@@ -118,7 +118,7 @@ def _log_artifacts(cfg, run: dict, run_dir: Path, start: dict) -> None:
         return
     from pipeline.common import open_run
     from tarpo.plots import save_png
-    from tarpo.study_report import router_figure
+    from tarpo.study_breakdown import router_figure
 
     figure = run_dir / "router_diagnostics.png"
     save_png(router_figure({f"{run['mode']}-s{run['seed']}": run["router"]}, start), figure)

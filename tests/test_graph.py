@@ -130,3 +130,19 @@ def test_meta_round_trips_and_other_sources_write_no_meta():
 def test_bad_knobs_fail_with_the_key(knobs, message):
     with pytest.raises(DataError, match=message):
         graph_problems(5, seed=0, **knobs)
+
+
+def test_config_rejects_graph_knobs_that_cannot_hold_the_two_chains():
+    from tarpo.config import ConfigError, load_config
+
+    def problems(*sets):
+        with pytest.raises(ConfigError) as info:
+            load_config("params.yaml", ["data.task=graph", *sets])
+        return info.value.problems
+
+    assert problems("data.graph.nodes=11", "data.graph.max_hops=5") == [
+        "data.graph.nodes: nodes=11 is below 2 * (max_hops + 1) = 12: the gold path and the unreachable chain need "
+        "max_hops + 1 nodes each; raise nodes or lower max_hops"]
+    assert [p.split(":")[0] for p in problems("data.graph.min_hops=5", "data.graph.max_hops=4")] == [
+        "data.graph.min_hops"]
+    assert load_config("params.yaml", ["data.task=graph", "data.graph.nodes=12", "data.graph.max_hops=5"])
