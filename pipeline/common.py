@@ -1,39 +1,16 @@
-"""Small helpers shared by the stage modules: atomic directories, the warm-up marker, prompts, hashes."""
+"""Small helpers shared by the stage modules: the warm-up marker, prompts, hashes, closing the run.
+
+Output sets are written through pipeline.publish."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from pipeline import paths
-from tarpo.errors import InputError, read_json, with_filename
-from tarpo.io import umask_mode
-
-
-def write_dir_atomic(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
-    """Fill a temporary sibling with `write(tmp)`, then swap it in: readers never see half a directory."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        tmp.chmod(umask_mode(0o777))  # mkdtemp makes 0700; outputs get the permissions mkdir would give
-        write(tmp)
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        unnamed = exc.filename is None or str(tmp) in str(exc.filename)
-        raise with_filename(exc, out_dir) if unnamed else exc  # name the output, not its temporary sibling
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+from tarpo.errors import InputError, read_json
 
 
 class BaseModelMismatch(RuntimeError):

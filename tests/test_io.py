@@ -29,12 +29,14 @@ def test_failed_write_keeps_old_content_and_leaves_no_temp(tmp_path):
 
 
 def test_outputs_get_umask_permissions_not_mkstemp_ones(tmp_path):
-    from pipeline.common import write_dir_atomic
+    from pipeline.publish import publishing
 
+    out = tmp_path / "model"
     old = os.umask(0o022)
     try:
         path = write_json_atomic(tmp_path / "m.json", {"ok": 1})
-        out = write_dir_atomic(tmp_path / "model", lambda tmp: (tmp / "w.txt").write_text("w"))
+        with publishing("test", [out]) as outputs:  # how stages write output directories
+            write_json_atomic(outputs.dir(out) / "w.json", {"w": 1})
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # mkstemp alone gives 0600
