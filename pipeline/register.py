@@ -1,6 +1,6 @@
 """register stage: log the trained model to its training run, register a version, move aliases.
 
-Reads the `register`, `tracking`, `model`, `router`, `rollout` and `data.system_prompt` params, the run
+Reads the `register`, `tracking`, `model`, `router`, `rollout`, `reward` and `data.system_prompt` params, the run
 id the train stage wrote, and the eval metrics. Every new version gets `register.aliases` (default
 `candidate`); `register.champion_alias` moves to it only when its `register.champion_metric` is
 strictly higher than the current champion's, which is stored on each version as the tag
@@ -174,8 +174,8 @@ def run_register(*, cfg, trained_dir: str | Path = paths.TRAINED_DIR, base_model
     if base_model_dir is None:
         base_model_dir, bundle = trained_base(trained_dir)
     model_uri = log_tarpo_model(run_id, trained_dir=trained_dir, base_model_dir=base_model_dir, bundle_base=bundle,
-                                model_cfg=cfg.model,
-                                router_cfg=cfg.router, rollout_cfg=served_rollout(cfg), tracking_uri=cfg.tracking.uri,
+                                model_cfg=cfg.model, router_cfg=cfg.router, rollout_cfg=served_rollout(cfg),
+                                reward_cfg=cfg.reward, tracking_uri=cfg.tracking.uri,
                                 system_prompt=cfg.data.system_prompt)
     client = MlflowClient(tracking_uri=cfg.tracking.uri, registry_uri=cfg.tracking.uri)
     eval_set = client.get_run(run_id).data.tags.get(EVAL_SET_TAG)   # set by the evaluate stage

@@ -1,13 +1,19 @@
 """The trained TARPO model as an MLflow pyfunc: `models:/NAME@champion` -> hybrid generation.
 
 A stock transformers flavour cannot hold the router (the action head), so the logged model is
-  tarpo_model.json   base model reference + model/router/rollout settings + system prompt
+  tarpo_model.json   base model reference + model/router/rollout settings + system prompt + answer rule
   weights/           `tarpo.checkpoint.save_weights` output: LoRA adapter + router + initial router
   base/              only when bundled (default: `tiny`, whose weights come from the warm-up stage
                      and exist nowhere else): the HF base model dir itself
   code/tarpo         this package (MLflow `code_paths`), so loading needs no checkout
 and `load_context` rebuilds the policy through `tarpo.factory.load_policy`, exactly as training does.
 A real preset is resolved on the serving machine (preset name / local path), like training.
+
+The served `answer` column is read with the rule the model was trained and evaluated with (`reward.answer_rule`
+and `rollout.answer_marker`, stored under "reward" in tarpo_model.json): a model trained to answer in \\boxed{}
+serves the boxed answer. A model logged before the rule was recorded (format 1) has no "reward" entry; it is read
+with "marker-or-boxed", which returns what the old marker-only reading returned whenever that found an answer,
+and the last \\boxed{} where it found none.
 
 mlflow is imported lazily: `TarpoPyfuncModel` is created on first access (module `__getattr__`) with
 `__module__`/`__qualname__` pointing here, so cloudpickle stores a reference, not a copy of the class.
@@ -22,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 MODEL_JSON = "tarpo_model.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2        # 2: "reward" (the answer rule) recorded; 1: without it
+READABLE_FORMATS = (1, 2)
+LEGACY_ANSWER_RULE = "marker-or-boxed"   # format 1 recorded no rule; see the module docstring
 OUTPUT_COLUMNS = ("completion", "marked_completion", "answer", "soft_steps")
 DEFAULT_PARAMS = {"max_new_tokens": 0, "temperature": 0.0, "greedy": False, "seed": 0, "batch_size": 8}
 REQUIREMENTS = ("torch", "transformers", "tokenizers", "safetensors", "peft", "accelerate", "pydantic",
@@ -37,14 +45,19 @@ def _dump(section) -> dict:
     return section.model_dump(mode="json") if hasattr(section, "model_dump") else dict(section)
 
 
-def model_spec(*, model_cfg, router_cfg, rollout_cfg, base_model_dir: str | Path | None, bundled: bool,
+def model_spec(*, model_cfg, router_cfg, rollout_cfg, reward_cfg, base_model_dir: str | Path | None, bundled: bool,
                system_prompt: str | None = None) -> dict:
-    """The content of tarpo_model.json (everything but weights needed to rebuild and run the policy)."""
+    """The content of tarpo_model.json (everything but weights needed to rebuild and run the policy).
+
+    "reward" keeps the answer rule (with the answer kind and the single-marker rule, for the record): the served
+    answer is read as training and evaluation read it.
+    """
     from tarpo.models import PRESETS
 
     preset = PRESETS.get(model_cfg.preset)
+    reward = {k: _dump(reward_cfg)[k] for k in ("kind", "answer_rule", "require_single_marker")}
     return {"format": FORMAT_VERSION, "model": _dump(model_cfg), "router": _dump(router_cfg),
-            "rollout": _dump(rollout_cfg), "system_prompt": system_prompt,
+            "rollout": _dump(rollout_cfg), "reward": reward, "system_prompt": system_prompt,
             "base": {"preset": model_cfg.preset, "hub_id": getattr(preset, "hub_id", None),
                      "path": str(base_model_dir) if base_model_dir else model_cfg.path, "bundled": bundled}}
 
@@ -88,11 +101,12 @@ def generate(policy, tokenizer, spec: dict, questions: list[str], params: dict |
 
     from tarpo.data import build_prompt
     from tarpo.render import completion_text, render_text
-    from tarpo.rewards import extract_answer
+    from tarpo.rewards import find_answer
     from tarpo.rollout import encode_prompts, rollout
 
     params = {**DEFAULT_PARAMS, **{k: v for k, v in (params or {}).items() if v is not None}}
     marker = spec["rollout"]["answer_marker"]
+    answer_rule = answer_rule_of(spec)
     settings = _settings(spec, tokenizer, policy.vocab_size, params)
     generator = torch.Generator(device=policy.device).manual_seed(int(params["seed"]))
     prompts = [build_prompt(tokenizer, q, spec.get("system_prompt"), marker=marker) for q in questions]
@@ -105,8 +119,14 @@ def generate(policy, tokenizer, spec: dict, questions: list[str], params: dict |
         for row in range(out.num_rows):
             text = completion_text(tokenizer, out, row)
             rows.append({"completion": text, "marked_completion": render_text(tokenizer, out, row),
-                         "answer": extract_answer(text, marker) or "", "soft_steps": int(out.soft_counts[row])})
+                         "answer": find_answer(text, answer_rule, marker) or "",
+                         "soft_steps": int(out.soft_counts[row])})
     return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+
+
+def answer_rule_of(spec: dict) -> str:
+    """The rule that reads the served answer: the recorded `reward.answer_rule`, else (format 1) the legacy one."""
+    return (spec.get("reward") or {}).get("answer_rule", LEGACY_ANSWER_RULE)
 
 
 def load_served_policy(model_json: str | Path, weights_dir: str | Path, base_dir: str | Path | None = None,
@@ -116,8 +136,9 @@ def load_served_policy(model_json: str | Path, weights_dir: str | Path, base_dir
     from tarpo.factory import load_policy
 
     spec = json.loads(Path(model_json).read_text())
-    if spec.get("format") != FORMAT_VERSION:
-        raise ServingError(f"{model_json}: format {spec.get('format')!r} is not {FORMAT_VERSION}; re-log the model")
+    if spec.get("format") not in READABLE_FORMATS:
+        raise ServingError(f"{model_json}: format {spec.get('format')!r} is not one of "
+                           f"{', '.join(map(str, READABLE_FORMATS))}; re-log the model")
     base = base_dir if base_dir is not None else spec["base"]["path"]
     if base is not None and not Path(base).exists():
         base = None  # the training machine's path: fall back to resolving the preset here
@@ -196,7 +217,7 @@ def requirements() -> list[str]:
 
 
 def log_tarpo_model(tracker_or_run_id, *, trained_dir: str | Path, base_model_dir: str | Path | None, model_cfg,
-                    router_cfg, rollout_cfg, name: str = "model", system_prompt: str | None = None,
+                    router_cfg, rollout_cfg, reward_cfg, name: str = "model", system_prompt: str | None = None,
                     bundle_base: bool | None = None, tracking_uri: str | None = None) -> str:
     """Log the pyfunc model to a run (a tracker or a run id); returns its model URI.
 
@@ -220,9 +241,9 @@ def log_tarpo_model(tracker_or_run_id, *, trained_dir: str | Path, base_model_di
 
     with tempfile.TemporaryDirectory(prefix="tarpo-model-") as tmp:
         spec_path = Path(tmp) / MODEL_JSON
-        spec_path.write_text(json.dumps(model_spec(model_cfg=model_cfg, router_cfg=router_cfg, rollout_cfg=rollout_cfg,
-                                                   base_model_dir=base_model_dir, bundled=bundled,
-                                                   system_prompt=system_prompt), indent=2))
+        spec = model_spec(model_cfg=model_cfg, router_cfg=router_cfg, rollout_cfg=rollout_cfg, reward_cfg=reward_cfg,
+                          base_model_dir=base_model_dir, bundled=bundled, system_prompt=system_prompt)
+        spec_path.write_text(json.dumps(spec, indent=2))
         artifacts = {"tarpo_model": str(spec_path), "weights": str(trained_dir)}
         if bundled:
             artifacts["base"] = str(base_model_dir)

@@ -8,7 +8,8 @@ from tarpo.checkpoint import save_weights
 from tarpo.config import TarpoConfig
 from tarpo.factory import load_policy
 from tarpo.models import build_tiny
-from tarpo.serving import OUTPUT_COLUMNS, ServingError, _questions, generate, model_spec
+from tarpo.serving import (LEGACY_ANSWER_RULE, OUTPUT_COLUMNS, ServingError, _questions, answer_rule_of, generate,
+                           model_spec)
 from tarpo.tracking import MlflowTracker
 from tests.mlflow_store import fresh_store, one_torch_thread
 
@@ -31,25 +32,64 @@ def test_questions_from_every_input_shape():
 
 def test_spec_records_the_base_reference():
     cfg = TarpoConfig(model={"preset": "qwen2.5-7b"})
-    spec = model_spec(model_cfg=cfg.model, router_cfg=cfg.router, rollout_cfg=cfg.rollout, base_model_dir=None,
-                      bundled=False)
+    spec = model_spec(model_cfg=cfg.model, router_cfg=cfg.router, rollout_cfg=cfg.rollout, reward_cfg=cfg.reward,
+                      base_model_dir=None, bundled=False)
     assert spec["base"] == {"preset": "qwen2.5-7b", "hub_id": "Qwen/Qwen2.5-7B-Instruct", "path": None,
                             "bundled": False}
     assert spec["rollout"]["answer_marker"] == "####" and spec["rollout"]["soft_top_k"] == 10
     assert spec["model"]["lora"]["rank"] == 32 and spec["router"]["mode"] == "tarpo"
+    # the real-model recipe reads answers after the marker or else in the last box; serving must read them so too
+    assert spec["reward"] == {"kind": "numeric", "answer_rule": "marker-or-boxed", "require_single_marker": False}
+    assert answer_rule_of(spec) == "marker-or-boxed"
+
+
+# one completion that every answer rule reads differently: boxed 12, marker 13
+TWO_ANSWERS = "so \\boxed{12}. #### 13"
+RULE_ANSWERS = {"boxed": "12", "marker": "13", "marker-or-boxed": "13"}
+
+
+def test_a_model_logged_without_an_answer_rule_reads_marker_or_boxed():
+    """Format-1 specs (logged before the rule was recorded) keep the marker answer they served, and a boxed one
+    where the marker rule found nothing."""
+    assert answer_rule_of({"format": 1, "rollout": {"answer_marker": "####"}}) == LEGACY_ANSWER_RULE == "marker-or-boxed"
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory):
+    cfg = TarpoConfig(model={"lora": {"rank": 4, "alpha": 8}}, rollout={"max_new_tokens": 4})
+    policy, tokenizer, _ = load_policy(cfg.model, cfg.router, device="cpu",
+                                       base_path=build_tiny(tmp_path_factory.mktemp("tiny") / "base"), seed=3)
+    return cfg, policy, tokenizer
+
+
+@pytest.mark.parametrize("rule", sorted(RULE_ANSWERS))
+def test_generate_reads_the_answer_with_the_recorded_rule(rule, tiny_policy, monkeypatch):
+    """tiny's random weights write no box, so the completion text is fixed; everything else is the serving path."""
+    import tarpo.render
+
+    cfg, policy, tokenizer = tiny_policy
+    reward = cfg.reward.model_copy(update={"answer_rule": rule})
+    spec = model_spec(model_cfg=cfg.model, router_cfg=cfg.router, rollout_cfg=cfg.rollout, reward_cfg=reward,
+                      base_model_dir=None, bundled=False)
+    monkeypatch.setattr(tarpo.render, "completion_text", lambda tokenizer, out, row: TWO_ANSWERS)
+    out = generate(policy, tokenizer, spec, ["What is 6 times 7?"], {"max_new_tokens": 2})
+    assert out["answer"].tolist() == [RULE_ANSWERS[rule]]
 
 
 @pytest.mark.slow
 def test_champion_loads_and_generates(tmp_path, tmp_path_factory, monkeypatch):
+    """A model trained and evaluated with boxed answers is registered, loaded back and serves boxed answers."""
     import mlflow
     import pandas as pd
 
+    import tarpo.render
     from pipeline.register import run_register
 
     monkeypatch.chdir(tmp_path)
     uri = fresh_store(tmp_path, tmp_path_factory)
     base = build_tiny(tmp_path / "base")
     cfg = TarpoConfig(model={"lora": {"rank": 4, "alpha": 8}}, rollout={"max_new_tokens": 10},
+                      reward={"answer_rule": "boxed"}, data={"system_prompt": "Put the answer in \\\\boxed{}."},
                       tracking={"uri": uri}, register={"name": "tarpo-serving"})
     policy, tokenizer, _ = load_policy(cfg.model, cfg.router, device="cpu", base_path=base, seed=3)
     save_weights(policy, tmp_path / "trained")
@@ -78,3 +118,7 @@ def test_champion_loads_and_generates(tmp_path, tmp_path_factory, monkeypatch):
             "system_prompt": cfg.data.system_prompt}  # the recipe's prompt, logged with the model
     direct = generate(policy, tokenizer, spec, questions, params)  # the policy before logging
     assert direct["completion"].tolist() == out["completion"].tolist()
+
+    # tiny's random weights write no box: fix the decoded text, and the served answer is the boxed one
+    monkeypatch.setattr(tarpo.render, "completion_text", lambda tokenizer, out, row: TWO_ANSWERS)
+    assert model.predict(questions[:1], params=params)["answer"].tolist() == [RULE_ANSWERS["boxed"]]
