@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline import paths
-from tarpo.io import write_json_atomic
+from tarpo.io import output_dir, write_json_atomic
 
 FAULT_ENV = "TARPO_FAULT_POINT"      # <stage>:<staged|journal|renamed-1>:<pause|kill>
 FAULT_READY_ENV = "TARPO_FAULT_READY"  # a paused process creates this file, then waits for a signal
@@ -60,10 +60,9 @@ class OutputSet:
         return self._staged(target)
 
     def dir(self, target: str | Path) -> Path:
-        """An empty directory to fill in place of the output directory `target`."""
-        staged = self._staged(target)
-        staged.mkdir()
-        return staged
+        """An empty directory to fill in place of the output directory `target` (the permissions of any output:
+        tarpo.io.output_dir)."""
+        return output_dir(self._staged(target))
 
     def _staged(self, target: str | Path) -> Path:
         staged = self.staged[Path(target)]

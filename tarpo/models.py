@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,23 +209,14 @@ def check_pull_target(out: Path, preset: str) -> None:
 
 
 def _write_atomically(out_dir: Path, write, preset: str | None = None) -> Path:
-    """Write into a temp sibling, then rename: a killed run never leaves a half-written model dir.
-    With `preset`, the directory is marked as that preset's pull (check_pull_target)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    """Write into a temp sibling, then rename (tarpo.io.atomic_dir): a killed run never leaves a half-written
+    model dir. With `preset`, the directory is marked as that preset's pull (check_pull_target)."""
+    from tarpo.io import atomic_dir
+
+    with atomic_dir(out_dir) as tmp:
         write(tmp)
         if preset is not None:
             (tmp / PULL_MARKER).write_text('{"preset": "%s"}\n' % preset)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -17,12 +17,13 @@ import re
 import subprocess
 import sys
 import tarfile
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
+
+from tarpo.io import atomic_file
 
 PACKAGE_CACHE_ENV = "TARPO_PACKAGE_CACHE"
 DEFAULT_PACKAGE_CACHE = Path("~/.cache/tarpo/packages")
@@ -122,30 +123,20 @@ def concat_verified(openers: Sequence[Callable], target: Path, sha256: str | Non
             return target
     from tqdm.auto import tqdm
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the joined file is an ordinary output
-    try:
+    with atomic_file(target, binary=True) as out, tqdm(total=total, unit="B", unit_scale=True, disable=not progress,
+                                                       desc=f"joining {target.name}") as bar:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, disable=not progress,
-                                              desc=f"joining {target.name}") as bar:
-            for opener in openers:
-                with opener() as (stream, _size):
-                    while block := stream.read(CHUNK):
-                        digest.update(block)
-                        out.write(block)
-                        bar.update(len(block))
+        for opener in openers:
+            with opener() as (stream, _size):
+                while block := stream.read(CHUNK):
+                    digest.update(block)
+                    out.write(block)
+                    bar.update(len(block))
         actual = digest.hexdigest()
-        if sha256 is not None and actual != sha256:
+        if sha256 is not None and actual != sha256:  # raised inside the block: the target is left as it was
             raise OfflineSourceError(f"joined GGUF {target.name} has sha256 {actual}, expected {sha256}; {what} "
                                      "are corrupt or of another version")
-        os.replace(tmp, target)
-        stamp.write_text(actual + "\n")
-    finally:
-        tmp.unlink(missing_ok=True)
+    stamp.write_text(actual + "\n")
     return target
 
 

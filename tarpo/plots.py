@@ -7,8 +7,6 @@ backend, so nothing here needs a display.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -109,17 +107,12 @@ def eval_figure(metrics: Mapping[str, float], models: Sequence[str], keys: Seque
 
 
 def save_png(figure, path: str | Path, dpi: int = 90) -> Path:
-    """Write the figure atomically (temp file + rename) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(handle)
+    """Write the figure atomically (tarpo.io.atomic_file: temp file + rename, umask permissions) and close it."""
+    from tarpo.io import atomic_file
+
     try:
-        figure.savefig(tmp, dpi=dpi, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        with atomic_file(path, binary=True) as handle:
+            figure.savefig(handle, dpi=dpi, format="png")
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         _pyplot().close(figure)
-    return path
+    return Path(path)

@@ -146,7 +146,7 @@ def make_shape(name: str, out_dir: str | Path, *, tokenizer: str | Path | None =
     """
     from transformers import GenerationConfig
 
-    from tarpo.models import _write_atomically
+    from tarpo.io import atomic_dir
 
     shape = get_shape(name)
     source = tokenizer or shape.tokenizer_from
@@ -162,13 +162,12 @@ def make_shape(name: str, out_dir: str | Path, *, tokenizer: str | Path | None =
               "weights": "none: loading builds seeded RANDOM weights on the target device; outputs are meaningless",
               "use": "benchmarks and memory checks only; the register stage refuses models trained from it"}
 
-    def write(tmp: Path) -> None:
+    with atomic_dir(out_dir) as tmp:
         config.save_pretrained(str(tmp))
         GenerationConfig(**shape.generation).save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
         (tmp / RANDOM_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-
-    return _write_atomically(Path(out_dir), write)
+    return Path(out_dir)
 
 
 def build_random_model(path: str | Path, dtype: torch.dtype, device: str | torch.device):
