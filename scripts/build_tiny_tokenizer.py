@@ -1,8 +1,8 @@
 """Regenerate tarpo/assets/tiny-tokenizer/ (the `tiny` preset's tokenizer), bit-identically.
 
 Why a tokenizer of our own: with a real 150k vocabulary the output layer dominates a tiny model's cost
-(DESIGN.md, "Models on machines without a hub"). This one is a ~512-token byte-level BPE trained on a
-seeded corpus of arithmetic word problems, with digits split one per token (helps arithmetic) and
+(its logits row per token costs more than the rest of the model). This one is a ~512-token byte-level BPE
+trained on a seeded corpus of arithmetic word problems, with digits split one per token (helps arithmetic) and
 Qwen-style chat special tokens and template.
 
 Usage: python scripts/build_tiny_tokenizer.py [OUT_DIR]

@@ -5,7 +5,8 @@ initial (reference) router -- i.e. an evaluable export --, the optimizer state, 
 RNG file per process (`rng-rank<r>.pt`), and `trainer_state.json` (step, data position, tracking run id,
 params hash, counters, and the world size / engine that wrote it). It is written into a temporary sibling
 and renamed, and the last file written, `COMPLETE`, lists the sha256 of every other file: a directory
-without a valid `COMPLETE` is partial or corrupt and resume falls back to the previous one (fixes W7).
+without a valid `COMPLETE` is partial or corrupt and resume falls back to the previous one (the authors'
+released code could not resume at all).
 
 Sharding: weights and optimizer state go through torch's distributed state-dict API
 (`torch.distributed.checkpoint.state_dict`), which gathers DDP, FSDP2 or single-process state alike into one

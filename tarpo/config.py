@@ -4,9 +4,10 @@ Why pydantic with `extra="forbid"` and strict types: a typo in params.yaml (`los
 number must fail loudly before a long run starts, not be ignored. Every problem is collected and
 reported as one line `dotted.key: message`; only cli.py turns them into an exit code.
 
-Defaults are DESIGN.md's normative values. Keys whose right value depends on the model or task default to
-null = "the recipe's value" (tarpo/recipes.py), filled before validation so every cross-field rule sees the
-resolved values. Loading (YAML, --set, recipe filling, sources) is tarpo/config_load.py, re-exported here.
+Defaults are the method's normative values (README's params table lists them). Keys whose right value depends
+on the model or task default to null = "the recipe's value" (tarpo/recipes.py), filled before validation so every
+cross-field rule sees the resolved values. Loading (YAML, --set, recipe filling, sources) is tarpo/config_load.py,
+re-exported here.
 """
 
 from __future__ import annotations
@@ -521,7 +522,7 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
 
 
 def resolve_dtype(cfg_or_dtype: TarpoConfig | str, device: Any) -> "torch.dtype":  # noqa: F821
-    """auto -> bfloat16 on CUDA, float32 elsewhere (CPUs here lack fast bf16: DESIGN.md)."""
+    """auto -> bfloat16 on CUDA, float32 elsewhere (without hardware bf16 a CPU decodes 2x, trains 7-20x slower)."""
     import torch
 
     name = cfg_or_dtype.model.dtype if isinstance(cfg_or_dtype, TarpoConfig) else cfg_or_dtype

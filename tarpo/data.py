@@ -4,7 +4,7 @@ The pieces live in modules named after them: `tarpo.records` (Record, DataError,
 `tarpo.readers` (one reader per source), `tarpo.synthetic` (the seeded generator) and `tarpo.hygiene`
 (duplicates, overlap, minimum sizes). Their public names are re-exported here.
 
-Where we deliberately depart from the reference (tarpo-reference.md §5-6):
+Where we deliberately depart from the reference (the authors' released TARPO code)'s data handling:
 1. Train and eval are made disjoint on normalised prompt text, and duplicates are dropped.
 2. Degenerate splits stop the prepare stage before it writes anything: an empty or blank file, a
    file whose every row was skipped, the eval file equal to the train file, a file too small to hold

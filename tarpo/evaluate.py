@@ -3,11 +3,11 @@
 Metrics are pure functions over per-problem results; the loop only needs a `generate_fn`
 (prompts, seed) -> completions, so it runs the same with the hybrid rollout or a test fake.
 
-Where we deliberately depart from the reference (tarpo-reference.md §6.2):
+Where we deliberately depart from the reference (the authors' released TARPO code)'s evaluation scripts:
 1. Sampling is seeded: each generation batch gets a seed derived from (eval seed, batch index),
-   so the same checkpoint and seed give identical metrics (W9).
+   so the same checkpoint and seed give identical metrics (the reference's were unseeded).
 2. Lengths are whatever the generator reports per completion, the same accounting for every
-   dataset (W10); explicit length counts hard steps only.
+   dataset (the reference's scripts counted EOS and lengths differently); explicit length counts hard steps only.
 3. pass@k is the unbiased estimator for every configured k <= n, not only k = n.
 4. Metric keys use "_at_" instead of "@" (MLflow rejects "@" in metric names): avg_at_k is the
    paper's "Pass@1" (mean correctness over the k samples), pass_at_<k>, maj_at_<k>.

@@ -12,7 +12,8 @@ What makes it fast:
 1b. Decode steps attend through `tarpo.attention.decode_attention`: K/V stay in their KV-head layout (no
    `repeat_kv` expansion, which at 7 query heads per KV head would move more bytes than the weights).
 2. All per-step outputs are written by index into preallocated (B, T_max, ...) buffers inside the step; the
-   step returns nothing, so CUDA-graph replays never overwrite a tensor we still hold (gpu-anchors lesson).
+   step returns nothing, so CUDA-graph replays never overwrite a tensor we still hold (each replay reuses the
+   previous replay's output memory).
 3. The decode step (logits + router + `choose_step` + forward of the next input) is compiled with
    `torch.compile(mode="reduce-overhead")` (CUDA graphs) on CUDA. Uniforms (and the soft-input noise's draws)
    are drawn OUTSIDE the graph with `draw_uniforms` / `draw_noise` in the eager loop's order, so the same seed

@@ -1,7 +1,7 @@
 """Incremental answer-marker detection over generated token ids, O(1) per step and on the device.
 
-The reference decoded every sequence's whole completion at every step to look for `####` (W1:
-O(B*T^2) tokenizer work). We precompute, once per tokenizer, a transition table over token ids for the
+The authors' released code decoded every sequence's whole completion at every step to look for `####`
+(O(B*T^2) tokenizer work). We precompute, once per tokenizer, a transition table over token ids for the
 Knuth-Morris-Pratt automaton of the marker: state s = number of marker characters matched so far,
 `table[token_id, s]` = the state after reading that token's text, and state m (= len(marker)) means
 "marker seen" and is absorbing. One gather per step updates every row. It is exact when the marker is

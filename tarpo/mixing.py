@@ -18,7 +18,7 @@ Departures from the reference:
 1. The rollout and the training forward build soft inputs through this one function, with the same
    renormalised weights and the same arithmetic (fp32 accumulation, cast to the embedding dtype): the
    reference mixed unnormalised probabilities in fp32 at rollout and normalised weights in bf16 in
-   training (B4).
+   training, so the inputs it trained on were not the ones it had generated from.
 2. Recorded weights are constants: no gradient flows through the mixture (as in the reference).
 """
 

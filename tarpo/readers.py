@@ -4,11 +4,12 @@ Every reader yields `Record(id, prompt, answer, source, solution)`. Rows come fr
 parquet, "path:line" for messages), a MATH directory, or a hub split ("name/split:row"); the same
 row parsers read all three, so a GSM8K row means the same thing on disk and on the hub.
 
-Where we deliberately depart from the reference (tarpo-reference.md §5-6):
+Where we deliberately depart from the reference (the authors' released TARPO code)'s data handling:
 1. Malformed rows are reported as "path:line: message" and either skipped (counted) or fatal,
    never silently dropped or crashing on a KeyError. A prompt that is not text (a dict, a list, a
    number) is malformed: it is never turned into its Python repr.
-2. A list-valued gold becomes its element (one) or "a, b" (several), never a Python repr (B17).
+2. A list-valued gold becomes its element (one) or "a, b" (several), never a Python repr (the reference
+   compared against `str(list)`, quotes and brackets included).
 3. Record ids are unique per file or split: a repeat is an error naming both lines.
 4. Nothing is fetched implicitly: the hub reader needs `datasets` and a network, and raises
    `HubUnavailable` (saying which) so the caller can name the local-file alternative.
@@ -229,7 +230,7 @@ def _text(row: Mapping, name: str, where: str, rows: Rows) -> str | None:
 
 
 def _answer(row: Mapping, name: str, where: str, rows: Rows) -> str | None:
-    """A gold: text, a number or a list of them (B17); a mapping is malformed."""
+    """A gold: text, a number or a list of them (never turned into a list's repr); a mapping is malformed."""
     value = row.get(name)
     if value is None:
         rows.bad(where, f"field {name!r} is null" if name in row else f"missing field {name!r}")

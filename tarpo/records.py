@@ -91,7 +91,7 @@ class UniqueIds:
 # ---------------------------------------------------------------- gold handling
 
 def gold_text(value) -> str:
-    """A gold value as text: numbers without ".0", lists joined (B17), None -> ""."""
+    """A gold value as text: numbers without ".0", lists joined with ", " (never a list's repr), None -> ""."""
     if value is None:
         return ""
     if isinstance(value, bool):

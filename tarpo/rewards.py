@@ -3,13 +3,13 @@
 Plain functions, no state, and they never raise on model text: a completion is whatever the model
 wrote (empty, a megabyte of tokens, unbalanced braces, any unicode) and scoring it must not stop a run.
 
-Where we deliberately depart from the reference (tarpo-reference.md §5):
-1. Thousands separators are removed BEFORE numbers are found, so "1,000" is 1000, not 0 (B8).
+Where we deliberately depart from the reference (the authors' released TARPO code)'s answer parsing:
+1. Thousands separators are removed BEFORE numbers are found, so "1,000" is 1000, not 0.
 2. Numbers are compared as exact fractions: 18.0 == 18, 0.5 == 1/2, "$1,000.00" == 1000.
 3. LaTeX answers go through math-verify, parsing the raw answer as LaTeX first, so a bare
-   ``1/2`` or ``\\frac{1}{2}`` matches a boxed gold ``\\frac{1}{2}`` (B16; the reference fell back
+   ``1/2`` or ``\\frac{1}{2}`` matches a boxed gold ``\\frac{1}{2}`` (the reference fell back
    to "last number in the string" and marked both wrong).
-4. A gold may be a list of acceptable answers; it is never stringified as a Python repr (B17).
+4. A gold may be a list of acceptable answers; it is never stringified as a Python repr.
 5. The "marker exactly once" rule is optional (the reference always applied it).
 6. Only the first ``max_answer_chars`` characters after the marker are parsed, and math-verify runs
    under a wall-clock limit, so a pathological completion costs milliseconds, not minutes.
@@ -305,7 +305,8 @@ def last_boxed(text: str) -> str | None:
 
 
 def _parse_math(text: str) -> list:
-    """math-verify parse, raw string as LaTeX first (B16), then its own extraction as a fallback."""
+    """math-verify parse, raw string as LaTeX first (so a bare 1/2 is not read as its last number), then its own
+    extraction as a fallback."""
     mv = _math_verify()
     latex_only = [mv.LatexExtractionConfig()]
     boxed = last_boxed(text)

@@ -5,12 +5,17 @@ At each step t, from the hidden state h of the last input:
   a_t ~ softmax(router(h) / tau_a) if the decision is open, else forced hard (0);
   next input e_t = tarpo.mixing of (y_t, top-k of q_t, a_t).
 
-Departures from the reference (tarpo-reference.md):
-1. Soft inputs come from `tarpo.mixing` with renormalised weights in rollout and replay alike (B4).
-2. `decision_mask` records which decisions were sampled; forced ones carry no router log-prob (B5).
-3. Token log-probs are under the sampling distribution q_t, temperature and filters included (B7).
-4. Replay passes the attention mask and position ids that the rollout used under left padding (B9).
-5. The answer marker is detected incrementally with a token-level automaton (W1, tarpo.marker).
+Departures from the reference (the authors' released TARPO code):
+1. Soft inputs come from `tarpo.mixing` with renormalised weights in rollout and replay alike (the reference
+   mixed unnormalised weights at rollout and renormalised ones in training).
+2. `decision_mask` records which decisions were sampled; forced ones carry no router log-prob (the reference's
+   router loss included the forced-hard steps after the marker, a gradient for no sampled decision).
+3. Token log-probs are under the sampling distribution q_t, temperature and filters included (the reference
+   scored at temperature 1 over the full vocabulary).
+4. Replay passes the attention mask and position ids that the rollout used under left padding (the reference's
+   training forward attended to left pads and counted positions through them).
+5. The answer marker is detected incrementally with a token-level automaton (tarpo.marker), not by decoding
+   every completion at every step.
 6. A decision is forced hard when the marker is complete INCLUDING the token sampled at this step, so the
    step that writes the marker is always fed explicitly (the reference could feed it soft); also when the
    row ends, or `max_latent_steps` / `max_consecutive_latent_steps` are used up (the reference had no limits),

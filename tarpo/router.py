@@ -2,11 +2,13 @@
 
 Index 0 = hard (feed the sampled token's embedding), 1 = soft (feed the top-k mix).
 
-Departures from the reference (tarpo-reference.md):
-1. Parameters stay in fp32 whatever the backbone dtype (W12): a bf16 bias of 4.6 cannot move at lr 1e-4.
-2. The init bias is always applied (B10) and must have exactly two numbers.
-3. Saving and loading is explicit and verified (W13): a missing or mis-shaped router is an error,
-   never a silently random head.
+Departures from the reference (the authors' released TARPO code):
+1. Parameters stay in fp32 whatever the backbone dtype: a bf16 bias of 4.6 cannot move at lr 1e-4 (the
+   reference kept the head in bf16, its bias in effect frozen).
+2. The init bias is always applied and must have exactly two numbers (the reference's default was None: bias 0,
+   p_soft 0.5 at init, unvalidated).
+3. Saving and loading is explicit and verified: a missing or mis-shaped router is an error, never a silently
+   random head (the reference only warned when its head failed to load).
 """
 
 from __future__ import annotations

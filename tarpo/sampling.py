@@ -1,8 +1,9 @@
 """The token sampling distribution q_t and seeded sampling from it.
 
-q_t = softmax(filter(z_t / tau)) with optional top-k and top-p filters (DESIGN.md, method point 1).
+q_t = softmax(filter(z_t / tau)) with optional top-k and top-p filters (tau = rollout.temperature).
 The same function serves the rollout (to sample) and the training forward (to score), so the policy
-gradient is taken for the distribution that produced the data (fixes reference B7).
+gradient is taken for the distribution that produced the data (the authors' released code scored tokens at
+temperature 1 over the whole vocabulary while it sampled at 0.5 with top-50: a gradient for another distribution).
 
 The token KL is NOT scored under q_t: top-k / top-p give the policy and the reference different supports,
 and KL(q_theta || q_ref) is infinite as soon as the policy keeps a token the reference filtered out. The KL

@@ -11,8 +11,9 @@ Optional (off by default): reward.overlong penalty (added to the rewards) or fil
 and train.dynamic_sampling between 2 and 3 (equal-reward groups replaced by new prompts' groups, one process only).
 Non-finite losses or gradients skip the step; too many in a row stop training with a clear error.
 
-Departures from the reference: checkpoints with resume (W7); fp32 router with its own lr (W12);
-forced decisions excluded (B5); the reference sees the same soft inputs (B6).
+Departures from the authors' released code: checkpoints with resume (it could not resume); an fp32 router with its
+own lr (its bf16 bias could not move); forced decisions excluded from the router loss; the KL reference model sees
+the same soft inputs as the policy (it saw hard ids at soft positions, so the KL compared different contexts).
 """
 
 from __future__ import annotations

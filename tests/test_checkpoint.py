@@ -1,4 +1,4 @@
-"""Trained-weights export/import: adapter + routers round trip into a fresh policy (reference W13, invariant 9)."""
+"""Trained-weights export/import: adapter + routers round trip into a fresh policy (loading checks every router)."""
 
 import json
 

@@ -125,7 +125,7 @@ def test_math_jsonl_and_math500(tmp_path):
     assert records[0].id == "test/a/1.json"
 
 
-def test_gold_text_lists_and_numbers():  # B17: never a Python repr
+def test_gold_text_lists_and_numbers():  # a list gold is never its Python repr
     assert gold_text(["3"]) == "3"
     assert gold_text([1, 2.0]) == "1, 2"
     assert gold_text(18.0) == "18" and gold_text(None) == ""

@@ -94,6 +94,28 @@ def test_docs_point_only_inside_the_repo(doc):
         assert (ROOT / path).exists(), f"{doc.name} names {path}, which does not exist"
 
 
+# documents only a reviewer has, and the codes of the reference's bug (B1-B17) and weakness (W1-W15) lists in one
+# of them; a batch name such as B64 or a dtype such as bf16 is not one
+OUTSIDE_DOCUMENTS = re.compile(r"DESIGN\.md|tarpo-reference|peers\.md|gpu-anchors|\bB(?:1[0-7]|[1-9])\b|\bW(?:1[0-5]|[1-9])\b")
+CODE = [p for d in ("tarpo", "pipeline", "bench", "scripts", "tests", "examples") for p in sorted((ROOT / d).rglob("*.py"))
+        if p.name != "test_docs.py"] + [ROOT / "cli.py"]
+
+
+def test_code_cites_no_document_outside_the_repo():
+    """Docstrings and comments say their point themselves: a reader of the repository has no other document."""
+    import io
+    import tokenize
+
+    found = []
+    for path in CODE:
+        for token in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+            if token.type in (tokenize.COMMENT, tokenize.STRING) and OUTSIDE_DOCUMENTS.search(token.string):
+                found.append(f"{path.relative_to(ROOT)}:{token.start[0]}: {OUTSIDE_DOCUMENTS.search(token.string)[0]}")
+    for doc in DOCS:
+        found += [f"{doc.relative_to(ROOT)}: {m[0]}" for m in OUTSIDE_DOCUMENTS.finditer(doc.read_text())]
+    assert found == []
+
+
 def test_pytest_collects_every_doctest():
     config = configparser.ConfigParser()
     config.read(ROOT / "pytest.ini")

@@ -1,4 +1,4 @@
-"""HybridPolicy.reference(): the adapter-free backbone plus the INITIAL router, fed the same inputs (B6)."""
+"""HybridPolicy.reference(): the adapter-free backbone plus the INITIAL router, fed the same inputs as the policy."""
 
 import copy
 

@@ -18,8 +18,8 @@ CASES = [
     # plain GSM8K-style numbers
     ("5 + 7 = 12. #### 12", "12", "numeric", False, 1.0),
     ("#### 12", "13", "numeric", False, 0.0),
-    ("#### 1,000", "1000", "numeric", False, 1.0),  # B8
-    ("#### 1000", "1,000", "numeric", False, 1.0),  # B8, gold side
+    ("#### 1,000", "1000", "numeric", False, 1.0),  # commas removed before the number is read
+    ("#### 1000", "1,000", "numeric", False, 1.0),  # the same, gold side
     ("#### 1,234,567", "1234567", "numeric", False, 1.0),
     ("#### $1,000.00", "1000", "numeric", False, 1.0),  # currency + decimals
     ("#### \\$18", "18", "numeric", False, 1.0),
@@ -41,7 +41,7 @@ CASES = [
     ("so 3 - 1 = 2 #### 2", "2", "numeric", False, 1.0),
     ("The answer is #### x = 7", "7", "auto", False, 1.0),
     ("#### 1,000", "Natalia ... #### 1000", "numeric", False, 1.0),  # full GSM8K solution as gold
-    # LaTeX via math-verify (B16)
+    # LaTeX via math-verify (a bare 1/2 is not read as its last number)
     ("#### 1/2", "\\frac{1}{2}", "math", False, 1.0),
     ("#### \\frac{1}{2}", "\\frac{1}{2}", "math", False, 1.0),
     ("#### 0.5", "\\frac{1}{2}", "math", False, 1.0),
@@ -53,7 +53,7 @@ CASES = [
     ("#### 3\\pi", "3\\pi", "math", False, 1.0),
     ("#### 1/3", "\\frac{1}{2}", "math", False, 0.0),
     ("#### \\frac{1}{2}", "0.5", "auto", False, 1.0),
-    # list-valued gold (B17): alternatives
+    # list-valued gold: alternatives, never its repr
     ("#### 4", ["3", "4"], "auto", False, 1.0),
     ("#### 5", ["3", "4"], "auto", False, 0.0),
     ("#### \\frac{1}{2}", ["0.5"], "math", False, 1.0),
