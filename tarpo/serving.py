@@ -53,9 +53,13 @@ def model_spec(*, model_cfg, router_cfg, rollout_cfg, reward_cfg, base_model_dir
     answer is read as training and evaluation read it.
     """
     from tarpo.models import PRESETS
+    from tarpo.rewards import ANSWER_RULES
 
     preset = PRESETS.get(model_cfg.preset)
     reward = {k: _dump(reward_cfg)[k] for k in ("kind", "answer_rule", "require_single_marker")}
+    if reward["answer_rule"] not in ANSWER_RULES:  # an unresolved config (a recipe value not filled in)
+        raise ServingError(f"reward.answer_rule {reward['answer_rule']!r} is not one of {', '.join(ANSWER_RULES)}; "
+                           "log the model from a resolved config")
     return {"format": FORMAT_VERSION, "model": _dump(model_cfg), "router": _dump(router_cfg),
             "rollout": _dump(rollout_cfg), "reward": reward, "system_prompt": system_prompt,
             "base": {"preset": model_cfg.preset, "hub_id": getattr(preset, "hub_id", None),

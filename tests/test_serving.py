@@ -41,6 +41,9 @@ def test_spec_records_the_base_reference():
     # the real-model recipe reads answers after the marker or else in the last box; serving must read them so too
     assert spec["reward"] == {"kind": "numeric", "answer_rule": "marker-or-boxed", "require_single_marker": False}
     assert answer_rule_of(spec) == "marker-or-boxed"
+    with pytest.raises(ServingError, match="reward.answer_rule None is not one of marker, boxed"):
+        model_spec(model_cfg=cfg.model, router_cfg=cfg.router, rollout_cfg=cfg.rollout, base_model_dir=None,
+                   reward_cfg={"kind": "auto", "answer_rule": None, "require_single_marker": False}, bundled=False)
 
 
 # one completion that every answer rule reads differently: boxed 12, marker 13
@@ -51,7 +54,8 @@ RULE_ANSWERS = {"boxed": "12", "marker": "13", "marker-or-boxed": "13"}
 def test_a_model_logged_without_an_answer_rule_reads_marker_or_boxed():
     """Format-1 specs (logged before the rule was recorded) keep the marker answer they served, and a boxed one
     where the marker rule found nothing."""
-    assert answer_rule_of({"format": 1, "rollout": {"answer_marker": "####"}}) == LEGACY_ANSWER_RULE == "marker-or-boxed"
+    legacy = {"format": 1, "rollout": {"answer_marker": "####"}}
+    assert answer_rule_of(legacy) == LEGACY_ANSWER_RULE == "marker-or-boxed"
 
 
 @pytest.fixture(scope="module")
