@@ -56,7 +56,8 @@ def model_spec(*, model_cfg, router_cfg, rollout_cfg, reward_cfg, base_model_dir
     from tarpo.rewards import ANSWER_RULES
 
     preset = PRESETS.get(model_cfg.preset)
-    reward = {k: _dump(reward_cfg)[k] for k in ("kind", "answer_rule", "require_single_marker")}
+    reward_dump = _dump(reward_cfg)
+    reward = {k: reward_dump[k] for k in ("kind", "answer_rule", "require_single_marker")}
     if reward["answer_rule"] not in ANSWER_RULES:  # an unresolved config (a recipe value not filled in)
         raise ServingError(f"reward.answer_rule {reward['answer_rule']!r} is not one of {', '.join(ANSWER_RULES)}; "
                            "log the model from a resolved config")
